@@ -1,0 +1,67 @@
+"""gradtx: composable, pure gradient transformations for JAX, built from the three knobs.
+
+``θ ← θ − η_t · m_t / σ_t``: a direction g (momentum), a per-parameter scale σ and a schedule η.
+"""
+
+from . import schedules as schedules
+from ._adafactor import FactoredScale as FactoredScale
+from ._alias import adadelta as adadelta
+from ._alias import adagrad as adagrad
+from ._alias import adam as adam
+from ._alias import adamax as adamax
+from ._alias import adamw as adamw
+from ._alias import amsgrad as amsgrad
+from ._alias import nadam as nadam
+from ._alias import nadamw as nadamw
+from ._alias import rmsprop as rmsprop
+from ._alias import sgd as sgd
+from ._alias import sign_sgd as sign_sgd
+from ._alias_more import adabelief as adabelief
+from ._alias_more import adafactor as adafactor
+from ._alias_more import lamb as lamb
+from ._alias_more import lars as lars
+from ._alias_more import lion as lion
+from ._alias_more import radam as radam
+from ._alias_more import yogi as yogi
+from ._base import Context as Context
+from ._base import GradientTransformation as GradientTransformation
+from ._base import Stage as Stage
+from ._base import apply_updates as apply_updates
+from ._chain import Chain as Chain
+from ._chain import chain as chain
+from ._clipping import adaptive_grad_clip as adaptive_grad_clip
+from ._clipping import clip as clip
+from ._clipping import clip_by_block_rms as clip_by_block_rms
+from ._clipping import clip_by_global_norm as clip_by_global_norm
+from ._clipping import global_norm as global_norm
+from ._decay import add_decayed_weights as add_decayed_weights
+from ._decay import scale_by_trust_ratio as scale_by_trust_ratio
+from ._direction import Ema as Ema
+from ._direction import Lion as Lion
+from ._direction import Momentum as Momentum
+from ._direction import NesterovEma as NesterovEma
+from ._direction import Sign as Sign
+from ._eta import scale as scale
+from ._eta import scale_by_learning_rate as scale_by_learning_rate
+from ._inspect import current_learning_rate as current_learning_rate
+from ._inspect import hyperparams as hyperparams
+from ._knobs import Direction as Direction
+from ._knobs import Knobs as Knobs
+from ._knobs import Scale as Scale
+from ._optimizer import Optimizer as Optimizer
+from ._optimizer import optimizer as optimizer
+from ._scale import AdagradScale as AdagradScale
+from ._scale import AdamaxScale as AdamaxScale
+from ._scale import AdamScale as AdamScale
+from ._scale import AmsgradScale as AmsgradScale
+from ._scale import RMSPropScale as RMSPropScale
+from ._scale_variants import AdaBeliefScale as AdaBeliefScale
+from ._scale_variants import AdadeltaScale as AdadeltaScale
+from ._scale_variants import RAdamScale as RAdamScale
+from ._scale_variants import YogiScale as YogiScale
+from ._state import State as State
+from ._struct import hyper as hyper
+from ._struct import static as static
+from ._tree import TransformError as TransformError
+
+__version__ = "0.1.0"

@@ -1,0 +1,362 @@
+"""Named optimizers, each one composition of knobs: SGD, Adagrad, RMSProp, Adadelta, the Adams.
+
+Every function returns an :class:`~gradtx.Optimizer`; ``describe()`` says which knobs it turns.
+Argument names follow optax, so switching is a change of import. In the rules, ``g_t`` is the
+gradient, ``t`` the 1-based step, ``η_t`` the (scheduled) learning rate, ``θ`` the parameters.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ._decay import AddDecayedWeights
+from ._direction import Ema, Momentum, NesterovEma, Sign
+from ._optimizer import Optimizer, naming, optimizer
+from ._scale import AdagradScale, AdamaxScale, AdamScale, AmsgradScale, RMSPropScale
+from ._scale_variants import AdadeltaScale
+
+__all__ = [
+    "sgd",
+    "sign_sgd",
+    "adagrad",
+    "rmsprop",
+    "adadelta",
+    "adam",
+    "adamw",
+    "nadam",
+    "nadamw",
+    "adamax",
+    "amsgrad",
+]
+
+Schedule = Any  # a float or a function of the step count
+
+
+def _decay(weight_decay: float, mask: Any) -> tuple:
+    return (AddDecayedWeights(weight_decay, mask),)
+
+
+def sgd(
+    learning_rate: Schedule, momentum: float | None = None, nesterov: bool = False
+) -> Optimizer:
+    r"""Stochastic gradient descent, optionally with heavy-ball or Nesterov momentum.
+
+    .. math::
+        m_t = \mu m_{t-1} + g_t, \qquad
+        \theta_t = \theta_{t-1} - \eta_t\, (m_t \text{ or } g_t + \mu m_t)
+
+    Knobs: g = momentum (none if ``momentum`` is ``None``), σ = 1, η = ``learning_rate``.
+    Same as ``torch.optim.SGD(lr, momentum, nesterov=..., dampening=0)`` and ``optax.sgd``.
+
+    Example:
+      >>> import gradtx, jax.numpy as jnp
+      >>> tx = gradtx.sgd(0.1, momentum=0.9)
+      >>> params = {"w": jnp.array([1.0, -2.0])}
+      >>> updates, state = tx.update({"w": jnp.array([1.0, 1.0])}, tx.init(params), params)
+      >>> updates["w"].tolist()
+      [-0.1, -0.1]
+
+    References:
+      Robbins & Monro, *A Stochastic Approximation Method*, 1951. Polyak 1964; Sutskever et al.,
+      ICML 2013 (Nesterov momentum in deep learning).
+    """
+    with naming("sgd"):
+        direction = Momentum(momentum, nesterov) if momentum is not None else None
+        if direction is None and nesterov:
+            raise ValueError("sgd: nesterov=True needs a momentum")
+        return optimizer(direction, None, learning_rate, name="sgd")
+
+
+def sign_sgd(learning_rate: Schedule) -> Optimizer:
+    r"""signSGD: :math:`\theta_t = \theta_{t-1} - \eta_t \operatorname{sign}(g_t)`.
+
+    Knobs: g = sign, σ = 1, η = ``learning_rate``.
+
+    References:
+      Bernstein et al., *signSGD: Compressed Optimisation for Non-Convex Problems*, ICML 2018.
+    """
+    with naming("sign_sgd"):
+        return optimizer(Sign(), None, learning_rate, name="sign_sgd")
+
+
+def adagrad(
+    learning_rate: Schedule,
+    initial_accumulator_value: float = 0.1,
+    eps: float = 1e-7,
+    *,
+    average: bool = False,
+) -> Optimizer:
+    r"""Adagrad: divide by the root of the sum of all past squared gradients.
+
+    .. math::
+        s_t = s_{t-1} + g_t^2, \quad s_0 = a_0, \qquad
+        \theta_t = \theta_{t-1} - \eta_t\, g_t / (\sqrt{s_t} + \epsilon)
+
+    With ``average=True``, the lecture's form :math:`\sigma_t = \sqrt{s_t/t} + \epsilon`, the
+    root *mean* square, which with a constant η can burst (see the lecture lab).
+
+    Knobs: g = none, σ = Adagrad, η = ``learning_rate``.
+
+    Warning:
+      ``eps`` is outside the root as in ``torch.optim.Adagrad`` (which defaults to
+      ``initial_accumulator_value=0, eps=1e-10``); ``optax.adagrad`` puts it inside. The defaults
+      here are optax's.
+
+    References:
+      Duchi, Hazan & Singer, JMLR 2011.
+    """
+    with naming("adagrad"):
+        scale = AdagradScale(initial_accumulator_value, eps, average)
+        return optimizer(None, scale, learning_rate, name="adagrad")
+
+
+def rmsprop(
+    learning_rate: Schedule,
+    decay: float = 0.9,
+    eps: float = 1e-8,
+    initial_scale: float = 0.0,
+    eps_in_sqrt: bool = False,
+    centered: bool = False,
+    momentum: float | None = None,
+    nesterov: bool = False,
+) -> Optimizer:
+    r"""RMSProp, optionally centred and with momentum on the scaled gradient.
+
+    .. math::
+        v_t = \alpha v_{t-1} + (1-\alpha) g_t^2, \quad
+        \sigma_t = \sqrt{v_t - \bar g_t^2} + \epsilon, \quad
+        m_t = \mu m_{t-1} + g_t/\sigma_t, \quad \theta_t = \theta_{t-1} - \eta_t m_t
+
+    (:math:`\bar g_t` the EMA of gradients when ``centered``, else 0; without momentum
+    :math:`m_t = g_t/\sigma_t`).
+
+    Knobs: σ = RMSProp first, then g = momentum (``scale_first``), η = ``learning_rate``.
+    Equals ``torch.optim.RMSprop(alpha=decay, ...)``.
+
+    Warning:
+      optax's ``rmsprop`` puts ``eps`` inside the root by default; pass ``eps_in_sqrt=True`` to
+      match it. PyTorch's default ``alpha`` is 0.99, optax's (and this) 0.9.
+
+    References:
+      Tieleman & Hinton, Coursera lecture 6.5, 2012. Graves, 2013 (centred).
+    """
+    with naming("rmsprop"):
+        scale = RMSPropScale(decay, eps, initial_scale, centered, eps_in_sqrt)
+        direction = Momentum(momentum, nesterov) if momentum else None
+        return optimizer(direction, scale, learning_rate, scale_first=True, name="rmsprop")
+
+
+def adadelta(
+    learning_rate: Schedule = 1.0, rho: float = 0.9, eps: float = 1e-6, weight_decay: float = 0.0
+) -> Optimizer:
+    r"""Adadelta: units-correct steps from the ratio of RMS updates to RMS gradients.
+
+    .. math::
+        v_t = \rho v_{t-1} + (1-\rho)(g_t + \lambda\theta)^2, \quad
+        d_t = \frac{\sqrt{x_{t-1}+\epsilon}}{\sqrt{v_t+\epsilon}} (g_t + \lambda\theta), \quad
+        x_t = \rho x_{t-1} + (1-\rho) d_t^2, \quad \theta_t = \theta_{t-1} - \eta_t d_t
+
+    Knobs: before = L2 weight decay (coupled, as in ``torch.optim.Adadelta``), σ = Adadelta,
+    η = ``learning_rate`` (1 in the paper).
+
+    References:
+      Zeiler, *ADADELTA: An Adaptive Learning Rate Method*, 2012.
+    """
+    with naming("adadelta"):
+        before = _decay(weight_decay, None) if weight_decay else ()
+        return optimizer(
+            None, AdadeltaScale(rho, eps), learning_rate, before=before, name="adadelta"
+        )
+
+
+def _adam_direction(b1: float, nesterov: bool) -> Any:
+    return NesterovEma(b1) if nesterov else Ema(b1, debias=True)
+
+
+def adam(
+    learning_rate: Schedule,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    eps_root: float = 0.0,
+    *,
+    nesterov: bool = False,
+) -> Optimizer:
+    r"""Adam: momentum divided by the root of an EMA of squared gradients, both bias-corrected.
+
+    .. math::
+        m_t = \beta_1 m_{t-1} + (1-\beta_1) g_t, \quad
+        v_t = \beta_2 v_{t-1} + (1-\beta_2) g_t^2,
+
+    .. math::
+        \theta_t = \theta_{t-1} - \eta_t\,
+        \frac{m_t/(1-\beta_1^t)}{\sqrt{v_t/(1-\beta_2^t) + \epsilon_{root}} + \epsilon}
+
+    Knobs: g = EMA (debiased; NAdam's Nesterov EMA if ``nesterov``), σ = Adam, η =
+    ``learning_rate``. Equals ``torch.optim.Adam`` (with ``eps_root=0``) and ``optax.adam``.
+
+    Args:
+      learning_rate: η, a float or a schedule of the step count.
+      b1: decay of the first moment, in [0, 1).
+      b2: decay of the second moment, in [0, 1).
+      eps: added to the root (outside), for numerical stability.
+      eps_root: added inside the root (useful when differentiating through the update).
+      nesterov: use NAdam's Nesterov momentum (see :func:`nadam`).
+
+    Returns:
+      An :class:`~gradtx.Optimizer`; its state has ``knobs.count``, ``knobs.mu``, ``knobs.nu``.
+
+    Example:
+      >>> import gradtx, jax, jax.numpy as jnp
+      >>> params = {"w": jnp.array([1.0, 2.0])}
+      >>> tx = gradtx.adam(0.1)
+      >>> state = tx.init(params)
+      >>> grads = jax.grad(lambda p: jnp.sum(p["w"] ** 2))(params)
+      >>> updates, state = tx.update(grads, state, params)
+      >>> [round(x, 4) for x in updates["w"].tolist()]  # the first Adam step is -η·sign(g)
+      [-0.1, -0.1]
+
+    References:
+      Kingma & Ba, *Adam: A Method for Stochastic Optimization*, ICLR 2015.
+      https://arxiv.org/abs/1412.6980
+    """
+    name = "nadam" if nesterov else "adam"
+    with naming(name):
+        return optimizer(
+            _adam_direction(b1, nesterov), AdamScale(b2, eps, eps_root), learning_rate, name=name
+        )
+
+
+def adamw(
+    learning_rate: Schedule,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    eps_root: float = 0.0,
+    weight_decay: float = 1e-4,
+    mask: Any = None,
+    *,
+    nesterov: bool = False,
+) -> Optimizer:
+    r"""AdamW: Adam with decoupled weight decay.
+
+    .. math::
+        \theta_t = \theta_{t-1} - \eta_t \left(
+        \frac{\hat m_t}{\sqrt{\hat v_t + \epsilon_{root}} + \epsilon} + \lambda\,\theta_{t-1}
+        \right)
+
+    The decay λ is multiplied by the learning rate (as in ``torch.optim.AdamW`` and
+    ``optax.adamw``), not by the paper's separate schedule multiplier. ``mask`` (a pytree of
+    bools or a function of params) selects the leaves to decay.
+
+    Knobs: g = EMA, σ = Adam, after = decoupled weight decay, η = ``learning_rate``.
+
+    Warning:
+      The default ``weight_decay`` is optax's 1e-4; PyTorch's is 1e-2.
+
+    References:
+      Loshchilov & Hutter, *Decoupled Weight Decay Regularization*, ICLR 2019.
+    """
+    name = "nadamw" if nesterov else "adamw"
+    with naming(name):
+        return optimizer(
+            _adam_direction(b1, nesterov),
+            AdamScale(b2, eps, eps_root),
+            learning_rate,
+            after=_decay(weight_decay, mask),
+            name=name,
+        )
+
+
+def nadam(
+    learning_rate: Schedule,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    eps_root: float = 0.0,
+) -> Optimizer:
+    r"""NAdam: Adam with Nesterov momentum.
+
+    .. math::
+        \theta_t = \theta_{t-1} - \eta_t\,
+        \frac{\beta_1 m_t/(1-\beta_1^{t+1}) + (1-\beta_1) g_t/(1-\beta_1^t)}
+        {\sqrt{v_t/(1-\beta_2^t) + \epsilon_{root}} + \epsilon}
+
+    Knobs: g = Nesterov EMA, σ = Adam, η = ``learning_rate``. Equals ``optax.nadam`` and
+    ``torch.optim.NAdam(momentum_decay=0)``.
+
+    Warning:
+      PyTorch's default ``momentum_decay=4e-3`` also warms β1 up (Dozat's μ_t schedule); gradtx
+      keeps β1 constant, like optax.
+
+    References:
+      Dozat, *Incorporating Nesterov Momentum into Adam*, ICLR 2016 workshop.
+    """
+    return adam(learning_rate, b1, b2, eps, eps_root, nesterov=True)
+
+
+def nadamw(
+    learning_rate: Schedule,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    eps_root: float = 0.0,
+    weight_decay: float = 1e-4,
+    mask: Any = None,
+) -> Optimizer:
+    r"""NAdamW: :func:`nadam` with decoupled weight decay ``η_t λ θ`` as in :func:`adamw`.
+
+    Knobs: g = Nesterov EMA, σ = Adam, after = decoupled weight decay, η = ``learning_rate``.
+    Equals ``optax.nadamw`` and ``torch.optim.NAdam(decoupled_weight_decay=True,
+    momentum_decay=0)``.
+    """
+    return adamw(learning_rate, b1, b2, eps, eps_root, weight_decay, mask, nesterov=True)
+
+
+def adamax(
+    learning_rate: Schedule, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8
+) -> Optimizer:
+    r"""Adamax: Adam with an infinity norm in place of the second moment.
+
+    .. math::
+        u_t = \max(\beta_2 u_{t-1}, |g_t|), \qquad
+        \theta_t = \theta_{t-1} - \eta_t\, \frac{m_t / (1-\beta_1^t)}{u_t + \epsilon}
+
+    Knobs: g = EMA (debiased), σ = Adamax, η = ``learning_rate``. Equals ``optax.adamax``.
+
+    Warning:
+      ``torch.optim.Adamax`` uses ``max(β2·u, |g| + ε)`` (ε inside the maximum).
+
+    References:
+      Kingma & Ba, ICLR 2015, section 7.1.
+    """
+    with naming("adamax"):
+        return optimizer(Ema(b1), AdamaxScale(b2, eps), learning_rate, name="adamax")
+
+
+def amsgrad(
+    learning_rate: Schedule,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    eps_root: float = 0.0,
+) -> Optimizer:
+    r"""AMSGrad: Adam whose second moment never decreases.
+
+    .. math::
+        \tilde v_t = \max(\tilde v_{t-1}, v_t), \qquad
+        \theta_t = \theta_{t-1} - \eta_t\,
+        \frac{m_t/(1-\beta_1^t)}{\sqrt{\tilde v_t/(1-\beta_2^t) + \epsilon_{root}} + \epsilon}
+
+    Knobs: g = EMA (debiased), σ = AMSGrad, η = ``learning_rate``. Equals
+    ``torch.optim.Adam(amsgrad=True)``.
+
+    Warning:
+      ``optax.amsgrad`` takes the maximum of the *bias-corrected* moments; see
+      :class:`~gradtx.AmsgradScale`.
+
+    References:
+      Reddi, Kale & Kumar, *On the Convergence of Adam and Beyond*, ICLR 2018.
+    """
+    with naming("amsgrad"):
+        return optimizer(Ema(b1), AmsgradScale(b2, eps, eps_root), learning_rate, name="amsgrad")

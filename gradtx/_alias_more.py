@@ -1,0 +1,237 @@
+"""Named optimizers beyond the Adam core: AdaBelief, Yogi, RAdam, Lion, LAMB, LARS, Adafactor."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ._adafactor import FactoredScale
+from ._decay import AddDecayedWeights, ScaleByTrustRatio
+from ._direction import Ema, Lion, Momentum
+from ._optimizer import Optimizer, naming, optimizer
+from ._scale import AdamScale
+from ._scale_variants import AdaBeliefScale, RAdamScale, YogiScale
+
+__all__ = ["adabelief", "yogi", "radam", "lion", "lamb", "lars", "adafactor"]
+
+Schedule = Any
+
+
+def adabelief(
+    learning_rate: Schedule,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-16,
+    eps_root: float = 1e-16,
+) -> Optimizer:
+    r"""AdaBelief: Adam whose σ tracks the variance of the gradient around its EMA.
+
+    .. math::
+        s_t = \beta_2 s_{t-1} + (1-\beta_2)(g_t - m_t)^2 + \epsilon_{root}, \qquad
+        \theta_t = \theta_{t-1} - \eta_t \frac{m_t/(1-\beta_1^t)}{\sqrt{s_t/(1-\beta_2^t)}+\epsilon}
+
+    Knobs: g = EMA (debiased), σ = AdaBelief, η = ``learning_rate``. Equals ``optax.adabelief``.
+
+    References:
+      Zhuang et al., NeurIPS 2020. https://arxiv.org/abs/2010.07468
+    """
+    with naming("adabelief"):
+        return optimizer(
+            Ema(b1), AdaBeliefScale(b2, eps, eps_root), learning_rate, name="adabelief"
+        )
+
+
+def yogi(
+    learning_rate: Schedule,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-3,
+    initial_accumulator_value: float = 1e-6,
+) -> Optimizer:
+    r"""Yogi: Adam with an additive, sign-controlled second-moment update.
+
+    .. math::
+        v_t = v_{t-1} - (1-\beta_2)\operatorname{sign}(v_{t-1} - g_t^2) g_t^2, \qquad
+        \theta_t = \theta_{t-1} - \eta_t \frac{m_t/(1-\beta_1^t)}{\sqrt{v_t/(1-\beta_2^t)}+\epsilon}
+
+    Knobs: g = EMA (debiased), σ = Yogi, η = ``learning_rate``.
+
+    Warning:
+      ``optax.yogi`` starts ``m`` at ``initial_accumulator_value`` too; here ``m_0 = 0``.
+
+    References:
+      Zaheer et al., *Adaptive Methods for Nonconvex Optimization*, NeurIPS 2018.
+    """
+    with naming("yogi"):
+        scale = YogiScale(b2, eps, 0.0, initial_accumulator_value)
+        return optimizer(Ema(b1), scale, learning_rate, name="yogi")
+
+
+def radam(
+    learning_rate: Schedule,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    eps_root: float = 0.0,
+    threshold: float = 5.0,
+) -> Optimizer:
+    r"""RAdam: Adam with the variance of its adaptive rate rectified; SGD with momentum early.
+
+    .. math::
+        \theta_t = \theta_{t-1} - \eta_t
+        \begin{cases} r_t\, \hat m_t / (\sqrt{\hat v_t + \epsilon_{root}} + \epsilon)
+        & \rho_t > \text{threshold} \\ \hat m_t & \text{otherwise} \end{cases}
+
+    with :math:`\rho_t, r_t` as in :class:`~gradtx.RAdamScale`. Knobs: g = EMA (debiased),
+    σ = rectified Adam, η = ``learning_rate``.
+
+    Warning:
+      ``torch.optim.RAdam`` places ε as ``√(1-β2^t)/(√v_t + ε)``; differences are O(ε/√v̂).
+
+    References:
+      Liu et al., ICLR 2020. https://arxiv.org/abs/1908.03265
+    """
+    with naming("radam"):
+        scale = RAdamScale(b2, eps, eps_root, threshold)
+        return optimizer(Ema(b1), scale, learning_rate, name="radam")
+
+
+def lion(
+    learning_rate: Schedule,
+    b1: float = 0.9,
+    b2: float = 0.99,
+    weight_decay: float = 1e-3,
+    mask: Any = None,
+) -> Optimizer:
+    r"""Lion: the sign of an interpolated momentum, with decoupled weight decay.
+
+    .. math::
+        \theta_t = \theta_{t-1} - \eta_t\left(\operatorname{sign}(\beta_1 m_{t-1} +
+        (1-\beta_1) g_t) + \lambda\theta_{t-1}\right), \quad
+        m_t = \beta_2 m_{t-1} + (1-\beta_2) g_t
+
+    Knobs: g = Lion sign momentum, σ = 1, after = weight decay, η = ``learning_rate``.
+    Equals ``optax.lion``.
+
+    References:
+      Chen et al., *Symbolic Discovery of Optimization Algorithms*, 2023.
+    """
+    with naming("lion"):
+        after = (AddDecayedWeights(weight_decay, mask),) if weight_decay else ()
+        return optimizer(Lion(b1, b2), None, learning_rate, after=after, name="lion")
+
+
+def lamb(
+    learning_rate: Schedule,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-6,
+    eps_root: float = 0.0,
+    weight_decay: float = 0.0,
+    mask: Any = None,
+) -> Optimizer:
+    r"""LAMB: AdamW's update rescaled per layer by the trust ratio ‖θ‖/‖u‖.
+
+    .. math::
+        u_t = \frac{\hat m_t}{\sqrt{\hat v_t + \epsilon_{root}} + \epsilon} + \lambda\theta,
+        \qquad \theta_t = \theta_{t-1} - \eta_t \frac{\lVert\theta\rVert}{\lVert u_t\rVert} u_t
+
+    (ratio 1 when either norm is 0). Knobs: g = EMA (debiased), σ = Adam, after = weight decay
+    and trust ratio, η = ``learning_rate``. Equals ``optax.lamb``.
+
+    References:
+      You et al., *Large Batch Optimization for Deep Learning*, ICLR 2020.
+    """
+    with naming("lamb"):
+        after = (AddDecayedWeights(weight_decay, mask), ScaleByTrustRatio(mask=mask))
+        return optimizer(
+            Ema(b1), AdamScale(b2, eps, eps_root), learning_rate, after=after, name="lamb"
+        )
+
+
+def lars(
+    learning_rate: Schedule,
+    weight_decay: float = 0.0,
+    weight_decay_mask: Any = None,
+    trust_coefficient: float = 0.001,
+    eps: float = 0.0,
+    trust_ratio_mask: Any = None,
+    momentum: float = 0.9,
+    nesterov: bool = False,
+) -> Optimizer:
+    r"""LARS: SGD with momentum on layer-wise trust-ratio–scaled, L2-decayed gradients.
+
+    .. math::
+        u_t = g_t + \lambda\theta, \quad
+        \tilde u_t = c\,\frac{\lVert\theta\rVert}{\lVert u_t\rVert + \epsilon} u_t, \quad
+        m_t = \mu m_{t-1} + \tilde u_t, \quad \theta_t = \theta_{t-1} - \eta_t m_t
+
+    Knobs: before = weight decay and trust ratio, g = momentum, σ = 1, η = ``learning_rate``.
+
+    Warning:
+      ``optax.lars`` applies the learning rate before the momentum; the two agree for a
+      constant learning rate and differ under a schedule (the paper puts η inside).
+
+    References:
+      You, Gitman & Ginsburg, *Large Batch Training of Convolutional Networks*, 2017.
+    """
+    with naming("lars"):
+        before = (
+            AddDecayedWeights(weight_decay, weight_decay_mask),
+            ScaleByTrustRatio(0.0, trust_coefficient, eps, trust_ratio_mask),
+        )
+        direction = Momentum(momentum, nesterov) if momentum else None
+        return optimizer(direction, None, learning_rate, before=before, name="lars")
+
+
+def adafactor(
+    learning_rate: Schedule | None = None,
+    min_dim_size_to_factor: int = 128,
+    decay_rate: float = 0.8,
+    decay_offset: int = 0,
+    multiply_by_parameter_scale: bool = True,
+    clipping_threshold: float | None = 1.0,
+    momentum: float | None = None,
+    weight_decay_rate: float | None = None,
+    eps: float = 1e-30,
+    factored: bool = True,
+    weight_decay_mask: Any = None,
+) -> Optimizer:
+    r"""Adafactor: a factored second moment, update clipping and relative step sizes.
+
+    .. math::
+        u_t = \frac{g_t}{\sqrt{\hat V_t}} \Big/ \max(1, \mathrm{RMS}/d) \cdot
+        \max(\epsilon_2, \mathrm{RMS}(\theta)), \quad
+        m_t = \beta_1 m_{t-1} + (1-\beta_1) u_t, \quad
+        \theta_t = \theta_{t-1} - \eta_t (m_t + \lambda\theta)
+
+    (:math:`\hat V_t` and the factoring are in :class:`~gradtx.FactoredScale`; without
+    ``momentum``, :math:`m_t = u_t`). ``learning_rate=None`` means η = 1: the step is relative
+    to the parameters' RMS through ``multiply_by_parameter_scale``.
+
+    Knobs: σ = factored RMS first, then g = EMA without debiasing (``scale_first``), after =
+    weight decay, η = ``learning_rate``.
+
+    Warning:
+      optax applies η before the momentum and adds weight decay unscaled by η; here the decay
+      is multiplied by η as in AdamW. They agree with a constant η and no weight decay.
+
+    References:
+      Shazeer & Stern, ICML 2018. https://arxiv.org/abs/1804.04235
+    """
+    with naming("adafactor"):
+        scale = FactoredScale(
+            decay_rate,
+            decay_offset,
+            eps,
+            clipping_threshold,
+            1e-3,
+            min_dim_size_to_factor,
+            factored,
+            multiply_by_parameter_scale,
+        )
+        direction = Ema(momentum, debias=False) if momentum is not None else None
+        after = (
+            (AddDecayedWeights(weight_decay_rate, weight_decay_mask),) if weight_decay_rate else ()
+        )
+        lr = 1.0 if learning_rate is None else learning_rate
+        return optimizer(direction, scale, lr, after=after, scale_first=True, name="adafactor")

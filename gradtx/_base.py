@@ -1,0 +1,261 @@
+"""The transformation protocol and :class:`Stage`, a rule for one array lifted to pytrees once.
+
+Protocol (the same as optax, so flax and optax accept gradtx unchanged)::
+
+    state = tx.init(params)
+    updates, state = tx.update(grads, state, params=None, **extra)
+    params = gradtx.apply_updates(params, updates)
+
+A :class:`Stage` is written for one array: ``init_leaf(param) -> {slot: array}`` and
+``update_leaf(g, slots, param, ctx) -> (g, slots)``. The lifting here does the rest for every
+stage alike: ``None`` leaves and masked-out leaves pass through and hold no state, structure and
+dtype errors name the stage and the leaf path, the per-leaf math runs in at least float32 and
+is cast back so updates keep their dtype and state keeps its dtype, scheduled hyperparameters
+are evaluated at the step count, and the step counter (int32) saturates instead of overflowing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import jax
+import jax.numpy as jnp
+
+from ._state import State
+from ._struct import FrozenTree, Struct, has_schedule, resolve
+from ._tree import TransformError, check_float_leaves, check_structure, flatten, path_str
+
+__all__ = [
+    "GradientTransformation",
+    "Stage",
+    "Context",
+    "apply_updates",
+    "increment",
+    "INT32_MAX",
+]
+
+INT32_MAX = 2**31 - 1
+
+
+def increment(count: jax.Array) -> jax.Array:
+    """``count + 1``, saturating at the largest int32 instead of wrapping around."""
+    return jnp.where(count < INT32_MAX, count + 1, count).astype(jnp.int32)
+
+
+class GradientTransformation(Struct):
+    """Base of every gradtx transformation: a frozen, hashable value with ``init``/``update``."""
+
+    def init(self, params: Any) -> Any:
+        raise NotImplementedError
+
+    def update(
+        self, updates: Any, state: Any, params: Any | None = None, **extra: Any
+    ) -> tuple[Any, Any]:
+        raise NotImplementedError
+
+
+class Context:
+    """What a per-array rule may read besides its own array: the step and global values.
+
+    Attributes:
+      step: int32 number of updates already applied (0 at the first update), or ``None`` when
+        the stage keeps no counter.
+      t: ``step + 1`` as a float in the rule's compute dtype (for bias corrections), or ``None``.
+      extra: the keyword arguments given to ``update``.
+      Any value returned by the stage's :meth:`Stage.prepare` (e.g. a global norm), in the rule's
+      compute dtype.
+    """
+
+    def __init__(self, step: Any, t: Any, values: Mapping[str, Any], extra: Mapping[str, Any]):
+        self.step = step
+        self.t = t
+        self.extra = extra
+        self.__dict__.update(values)
+
+
+class Stage(GradientTransformation):
+    """A transformation written as a rule for one array; see the module docstring.
+
+    Subclasses set the class attributes below and implement :meth:`update_leaf` (and
+    :meth:`init_leaf` when the default of zero-filled slots does not fit).
+    """
+
+    #: Names of the per-array state slots; each becomes a params-shaped tree in the state.
+    slots: ClassVar[tuple[str, ...]] = ()
+    #: Keep a step counter even when no hyperparameter is scheduled (e.g. bias correction).
+    needs_step: ClassVar[bool] = False
+    #: ``update`` must be given ``params``.
+    needs_params: ClassVar[bool] = False
+    #: Keyword arguments ``update`` must be given (e.g. ``("value",)`` for a loss value).
+    requires: ClassVar[tuple[str, ...]] = ()
+
+    # --- the rule for one array ---------------------------------------------------------------
+    def init_leaf(self, param: jax.Array) -> dict[str, jax.Array]:
+        """State slots for one array; by default zeros of the param's shape and dtype."""
+        return {s: jnp.zeros_like(param) for s in self.slots}
+
+    def update_leaf(
+        self, g: jax.Array, slots: dict[str, jax.Array], param: jax.Array | None, ctx: Context
+    ) -> tuple[jax.Array, dict[str, jax.Array]]:
+        raise NotImplementedError
+
+    def prepare(self, updates: Any, state: State, params: Any, ctx: Context) -> dict[str, Any]:
+        """Global values computed once over the whole tree before the per-array rule."""
+        return {}
+
+    # --- derived properties -------------------------------------------------------------------
+    @property
+    def counts(self) -> bool:
+        """Whether the state holds a ``count`` (needed for bias correction or a schedule)."""
+        return self.needs_step or has_schedule(self)
+
+    def leaf_mask(self, tree: Any) -> Any | None:
+        """A tree of bools (``False`` = leave this leaf alone) or ``None`` for all leaves."""
+        mask = getattr(self, "mask", None)
+        if mask is None:
+            return None
+        if isinstance(mask, FrozenTree):
+            return mask.thaw()
+        if callable(mask):
+            return mask(tree)
+        return mask
+
+    # --- the lifting to pytrees ---------------------------------------------------------------
+    def _mask_leaves(self, ref: Any, n: int) -> list[bool]:
+        mask = self.leaf_mask(ref)
+        if mask is None:
+            return [True] * n
+        try:
+            full = jax.tree_util.tree_map(
+                lambda _, m: bool(m), ref, mask, is_leaf=lambda x: x is None
+            )
+        except (ValueError, TypeError) as e:
+            raise TransformError(
+                f"gradtx.{self.name}: mask does not match the parameter tree: {e}"
+            ) from None
+        return [bool(m) for _, m in flatten(full)[0]]
+
+    def init(self, params: Any) -> State:
+        check_float_leaves(self.name, "params", params)
+        leaves, treedef = flatten(params)
+        active = self._mask_leaves(params, len(leaves))
+        per_leaf = []
+        for (path, p), on in zip(leaves, active):
+            if p is None or not on:
+                per_leaf.append(None)
+                continue
+            slots = self.init_leaf(p)
+            if set(slots) != set(self.slots):
+                raise TypeError(
+                    f"gradtx.{self.name}: init_leaf returned slots {sorted(slots)} at "
+                    f"{path_str(path)}, declared {sorted(self.slots)}"
+                )
+            per_leaf.append(slots)
+        entries: dict[str, Any] = {}
+        if self.counts:
+            entries["count"] = jnp.zeros([], jnp.int32)
+        for s in self.slots:
+            entries[s] = treedef.unflatten([None if d is None else d[s] for d in per_leaf])
+        return State(entries)
+
+    def _check_update_args(self, updates: Any, state: Any, params: Any, extra: dict) -> None:
+        if not isinstance(state, State) or any(s not in state for s in self.slots):
+            raise TransformError(
+                f"gradtx.{self.name}: state is not this transformation's state (expected "
+                f"entries {list(('count',) if self.counts else ()) + list(self.slots)}, got "
+                f"{type(state).__name__}{list(state) if isinstance(state, Mapping) else ''})"
+            )
+        check_float_leaves(self.name, "updates", updates)
+        if params is not None:
+            check_structure(self.name, "updates", updates, "params", params)
+        if self.needs_params and params is None:
+            raise TransformError(f"gradtx.{self.name}: update needs params=..., got None")
+        missing = [r for r in self.requires if r not in extra]
+        if missing:
+            raise TransformError(
+                f"gradtx.{self.name}: update needs keyword argument(s) {', '.join(missing)}"
+            )
+
+    def update(
+        self, updates: Any, state: State, params: Any | None = None, **extra: Any
+    ) -> tuple[Any, State]:
+        self._check_update_args(updates, state, params, extra)
+        leaves, treedef = flatten(updates)
+        n = len(leaves)
+        slot_leaves = {}
+        for s in self.slots:
+            tree = state[s]
+            s_leaves, s_def = flatten(tree)
+            if s_def != treedef:
+                check_structure(self.name, "updates", updates, f"state.{s}", tree)
+            slot_leaves[s] = [v for _, v in s_leaves]
+        param_leaves = [v for _, v in flatten(params)[0]] if params is not None else [None] * n
+        active = self._mask_leaves(params if params is not None else updates, n)
+
+        step = state["count"] if self.counts else None
+        hp = resolve(self, step)
+        ctx32 = Context(step, None, {}, extra)
+        values = hp.prepare(updates, state, params, ctx32)
+        cache: dict[Any, tuple[Stage, Context]] = {}
+
+        out, new_slots = [], {s: [] for s in self.slots}
+        for i, (path, g) in enumerate(leaves):
+            slots = {s: slot_leaves[s][i] for s in self.slots}
+            if g is None or not active[i]:
+                out.append(g)
+                for s in self.slots:
+                    new_slots[s].append(slots[s])
+                continue
+            for s, v in slots.items():
+                if v is None:
+                    raise TransformError(
+                        f"gradtx.{self.name}: state.{s} holds no state for {path_str(path)} "
+                        "(was init given a different tree or mask?)"
+                    )
+            p = param_leaves[i]
+            if self.needs_params and p is None:
+                raise TransformError(
+                    f"gradtx.{self.name}: params at {path_str(path)} is None but updates is not"
+                )
+            cdt = jnp.promote_types(g.dtype, jnp.float32)
+            if cdt not in cache:
+                cache[cdt] = _at_dtype(hp, step, values, extra, cdt)
+            hp_c, ctx = cache[cdt]
+            u, ns = hp_c.update_leaf(
+                g.astype(cdt),
+                {s: v.astype(cdt) for s, v in slots.items()},
+                None if p is None else p.astype(cdt),
+                ctx,
+            )
+            out.append(u.astype(g.dtype))
+            for s in self.slots:
+                new_slots[s].append(ns[s].astype(slots[s].dtype))
+        entries: dict[str, Any] = {}
+        if self.counts:
+            entries["count"] = increment(step)
+        for s in self.slots:
+            entries[s] = treedef.unflatten(new_slots[s])
+        return treedef.unflatten(out), State(entries)
+
+
+def _at_dtype(hp: Stage, step: Any, values: dict, extra: dict, dtype: Any) -> tuple[Stage, Context]:
+    cast = lambda v: jnp.asarray(v, dtype)  # noqa: E731
+    hp_c = jax.tree_util.tree_map(cast, hp)
+    t = None if step is None else (step + 1).astype(dtype)
+    return hp_c, Context(step, t, jax.tree_util.tree_map(cast, values), extra)
+
+
+def apply_updates(params: Any, updates: Any) -> Any:
+    """``params + updates`` leaf by leaf, keeping each param's dtype; ``None`` leaves pass.
+
+    Same contract as ``optax.apply_updates``: the result has the params' structure and dtypes.
+    """
+    check_structure("apply_updates", "params", params, "updates", updates)
+
+    def add(p: Any, u: Any) -> Any:
+        if p is None or u is None:
+            return p
+        return (p + u.astype(p.dtype)).astype(p.dtype)
+
+    return jax.tree_util.tree_map(add, params, updates, is_leaf=lambda x: x is None)

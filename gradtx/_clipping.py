@@ -1,0 +1,162 @@
+"""Stages that bound the gradient before the knobs: by value, global norm, block RMS, AGC."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from ._base import Context, Stage
+from ._state import State
+from ._struct import hyper
+from ._tree import flatten
+
+__all__ = [
+    "Clip",
+    "ClipByGlobalNorm",
+    "ClipByBlockRms",
+    "AdaptiveGradClip",
+    "clip",
+    "clip_by_global_norm",
+    "clip_by_block_rms",
+    "adaptive_grad_clip",
+    "global_norm",
+]
+
+
+def global_norm(tree: Any) -> jax.Array:
+    """The L2 norm of all leaves of ``tree`` together, accumulated in float32 (or wider)."""
+    squares = []
+    for _, x in flatten(tree)[0]:
+        if x is not None:
+            x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+            squares.append(jnp.sum(x * x))
+    if not squares:
+        return jnp.zeros([], jnp.float32)
+    dtype = max((s.dtype for s in squares), key=lambda d: d.itemsize)
+    return jnp.sqrt(sum(s.astype(dtype) for s in squares))
+
+
+class Clip(Stage):
+    r"""Clips every element to ``[-max_delta, max_delta]``: :math:`u = \mathrm{clip}(g, -d, d)`."""
+
+    name = "clip"
+    max_delta: float = hyper(1.0, "nonnegative")
+
+    def update_leaf(self, g, slots, param, ctx: Context):
+        return jnp.clip(g, -self.max_delta, self.max_delta), slots
+
+
+class ClipByGlobalNorm(Stage):
+    r"""Rescales all updates together so their global L2 norm is at most ``max_norm``.
+
+    .. math::
+        u = g \cdot \min\!\left(1, \frac{c}{\lVert g \rVert_2}\right), \qquad
+        \lVert g \rVert_2 = \sqrt{\textstyle\sum_{\text{leaves}} \sum g^2}
+
+    The norm is reduced once over the whole tree (in float32) and read by each leaf as a
+    scalar. Like ``optax.clip_by_global_norm``; ``torch.nn.utils.clip_grad_norm_`` divides by
+    ``norm + 1e-6`` instead. A non-finite norm propagates to every update.
+
+    References:
+      Pascanu, Mikolov & Bengio, *On the difficulty of training recurrent neural networks*,
+      ICML 2013.
+    """
+
+    name = "clip_by_global_norm"
+    max_norm: float = hyper(1.0, "positive")
+
+    def prepare(self, updates: Any, state: State, params: Any, ctx: Context) -> dict:
+        norm = global_norm(updates)
+        return {"factor": jnp.minimum(1.0, self.max_norm / norm)}
+
+    def update_leaf(self, g, slots, param, ctx: Context):
+        return g * ctx.factor, slots
+
+
+def _rms(x: jax.Array) -> jax.Array:
+    return jnp.sqrt(jnp.mean(x * x))
+
+
+class ClipByBlockRms(Stage):
+    r"""Rescales each array so its root mean square is at most ``threshold``.
+
+    .. math:: u = g / \max(1, \mathrm{RMS}(g) / d)
+
+    References:
+      Shazeer & Stern, *Adafactor*, ICML 2018 (update clipping).
+    """
+
+    name = "clip_by_block_rms"
+    threshold: float = hyper(1.0, "positive")
+
+    def update_leaf(self, g, slots, param, ctx: Context):
+        return g / jnp.maximum(1, _rms(g) / self.threshold), slots
+
+
+def unitwise_norm(x: jax.Array) -> jax.Array:
+    """Norm per output unit: over everything for scalars and vectors, else over all but the
+    last axis (flax's ``(..., in, out)`` kernels), broadcast back to ``x``'s shape."""
+    if x.ndim <= 1:
+        n = jnp.sqrt(jnp.sum(x * x))
+    else:
+        n = jnp.sqrt(jnp.sum(x * x, axis=tuple(range(x.ndim - 1)), keepdims=True))
+    return jnp.broadcast_to(n, x.shape)
+
+
+class AdaptiveGradClip(Stage):
+    r"""Adaptive gradient clipping: bounds each unit's gradient norm relative to its weights.
+
+    .. math::
+        u_i = g_i \cdot \min\!\left(1,\;
+            \lambda \frac{\max(\lVert\theta_i\rVert, \epsilon)}{\lVert g_i\rVert}\right)
+
+    per output unit ``i`` (see :func:`unitwise_norm`).
+
+    Warning:
+      For 3-d arrays optax reduces over axis 0 only; gradtx reduces over all but the last axis.
+
+    References:
+      Brock et al., *High-Performance Large-Scale Image Recognition Without Normalization*,
+      ICML 2021. https://arxiv.org/abs/2102.06171
+    """
+
+    name = "adaptive_grad_clip"
+    needs_params = True
+    clipping: float = hyper(0.01, "positive")
+    eps: float = hyper(1e-3, "nonnegative")
+
+    def update_leaf(self, g, slots, param, ctx: Context):
+        max_norm = jnp.maximum(unitwise_norm(param), self.eps) * self.clipping
+        g_norm = unitwise_norm(g)
+        clipped = g * (max_norm / jnp.maximum(g_norm, 1e-6))
+        return jnp.where(g_norm > max_norm, clipped, g), slots
+
+
+def clip(max_delta: float) -> Clip:
+    """Clips each update element to ``[-max_delta, max_delta]``."""
+    return Clip(max_delta)
+
+
+def clip_by_global_norm(max_norm: float) -> ClipByGlobalNorm:
+    """Rescales updates so that their global L2 norm is at most ``max_norm``.
+
+    Example:
+      >>> import gradtx, jax.numpy as jnp
+      >>> tx = gradtx.clip_by_global_norm(1.0)
+      >>> u, _ = tx.update({"a": jnp.array([3.0]), "b": jnp.array([4.0])}, tx.init(None))
+      >>> [round(float(u[k][0]), 3) for k in "ab"]
+      [0.6, 0.8]
+    """
+    return ClipByGlobalNorm(max_norm)
+
+
+def clip_by_block_rms(threshold: float) -> ClipByBlockRms:
+    """Rescales each array so its root mean square is at most ``threshold``."""
+    return ClipByBlockRms(threshold)
+
+
+def adaptive_grad_clip(clipping: float, eps: float = 1e-3) -> AdaptiveGradClip:
+    """Clips each unit's gradient to ``clipping`` times the norm of its weights (AGC)."""
+    return AdaptiveGradClip(clipping, eps)

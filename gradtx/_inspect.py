@@ -1,0 +1,75 @@
+"""Reading the current hyperparameters of a transformation from its state (for logging)."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from ._base import Stage
+from ._chain import Chain
+from ._eta import ScaleByLearningRate
+from ._struct import Struct, hyper_fields, resolve
+
+__all__ = ["hyperparams", "current_learning_rate"]
+
+
+def _values(obj: Struct) -> dict[str, Any]:
+    out: dict[str, Any] = {n: getattr(obj, n) for n in hyper_fields(obj)}
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if f.metadata.get("kind") is None and isinstance(value, Struct):
+            out[f.name] = _values(value)
+    return out
+
+
+def hyperparams(tx: Any, state: Any) -> dict[str, Any]:
+    """The hyperparameters of ``tx`` as they apply at the step recorded in ``state``.
+
+    Scheduled values are evaluated at the stage's ``count``; constants are returned as given.
+    A chain gives one nested dict per stage, keyed by stage name.
+
+    Example:
+      >>> import gradtx, jax.numpy as jnp
+      >>> tx = gradtx.adam(gradtx.schedules.linear(1.0, 0.0, 10))
+      >>> state = tx.init({"w": jnp.zeros(2)})
+      >>> float(gradtx.hyperparams(tx, state)["learning_rate"]["learning_rate"])
+      1.0
+    """
+    if isinstance(tx, Chain):
+        return {n: hyperparams(s, state[n]) for n, s in zip(tx.names, tx.stages)}
+    if isinstance(tx, Stage):
+        step = state["count"] if tx.counts else None
+        return _values(resolve(tx, step) if step is not None else tx)
+    return {}
+
+
+def current_learning_rate(tx: Any, state: Any) -> Any:
+    """The learning rate η_t the next update of ``tx`` will use (the last η stage in a chain).
+
+    Example:
+      >>> import gradtx, jax.numpy as jnp
+      >>> sched = gradtx.schedules.linear(1.0, 0.0, 10)
+      >>> tx = gradtx.sgd(sched)
+      >>> params = {"w": jnp.zeros(2)}
+      >>> state = tx.init(params)
+      >>> for _ in range(3):
+      ...     _, state = tx.update({"w": jnp.ones(2)}, state, params)
+      >>> round(float(gradtx.current_learning_rate(tx, state)), 4)
+      0.7
+    """
+    found = _find_lr(tx, state)
+    if found is None:
+        raise ValueError(f"gradtx.current_learning_rate: {type(tx).__name__} has no learning rate")
+    return found
+
+
+def _find_lr(tx: Any, state: Any) -> Any:
+    if isinstance(tx, Chain):
+        for n, s in reversed(list(zip(tx.names, tx.stages))):
+            lr = _find_lr(s, state[n])
+            if lr is not None:
+                return lr
+        return None
+    if isinstance(tx, ScaleByLearningRate):
+        return hyperparams(tx, state)["learning_rate"]
+    return None

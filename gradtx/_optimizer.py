@@ -1,0 +1,132 @@
+"""Building an optimizer from its knobs: ``before → (g, σ) → after → η``."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+from ._chain import Chain
+from ._eta import ScaleByLearningRate
+from ._knobs import Direction, Knobs, Scale
+from ._struct import is_schedule_like, static
+
+__all__ = ["Optimizer", "optimizer", "naming"]
+
+
+class Optimizer(Chain):
+    """A chain built by :func:`optimizer`, which remembers which knob each stage turns.
+
+    Its state is the chain's: ``state.knobs`` holds the direction and scale slots (``mu``,
+    ``nu``, ``count``), ``state.learning_rate`` the schedule's ``count`` when η is scheduled,
+    and the before/after stages are named after themselves. ``state[0]`` etc. work as in optax.
+    """
+
+    name: str = static("optimizer")
+
+    @property
+    def knobs(self) -> Knobs | None:
+        """The stage holding the direction and scale knobs, if any."""
+        return next((s for s in self.stages if isinstance(s, Knobs)), None)
+
+    @property
+    def schedule(self) -> ScaleByLearningRate | None:
+        return next((s for s in self.stages if isinstance(s, ScaleByLearningRate)), None)
+
+    def describe(self) -> dict[str, Any]:
+        """Which knobs this optimizer turns, in the lecture's terms.
+
+        Returns:
+          A dict with ``"g"`` (direction), ``"sigma"`` (per-parameter scale), ``"eta"``
+          (schedule), ``"order"`` and the ``"before"``/``"after"`` stages, each a readable string.
+
+        Example:
+          >>> import gradtx
+          >>> gradtx.adam(1e-3).describe()["sigma"]
+          'AdamScale(): σ = √(v̂) + ε, v = EMA of g² (Adam)'
+        """
+        knobs, sched = self.knobs, self.schedule
+        idx_k = self.stages.index(knobs) if knobs is not None else len(self.stages)
+        idx_s = self.stages.index(sched) if sched is not None else len(self.stages)
+
+        def say(k: Any) -> str:
+            return "none (identity)" if k is None else k.describe()
+
+        if sched is None:
+            eta = "none (step size 1)"
+        elif is_schedule_like(sched.learning_rate):
+            eta = f"schedule {sched.learning_rate!r}"
+        else:
+            eta = f"constant {sched.learning_rate!r}"
+        order = "σ then g" if knobs is not None and knobs.scale_first else "g and σ from g"
+        return {
+            "name": self.name,
+            "g": say(knobs.direction if knobs else None),
+            "sigma": say(knobs.scale if knobs else None),
+            "eta": eta,
+            "order": order,
+            "before": [repr(s) for s in self.stages[:idx_k]],
+            "after": [repr(s) for s in self.stages[idx_k + 1 : idx_s]],
+        }
+
+    def __repr__(self) -> str:
+        return f"gradtx.{self.name}({', '.join(repr(s) for s in self.stages)})"
+
+
+def optimizer(
+    direction: Direction | None = None,
+    scale: Scale | None = None,
+    learning_rate: Any = None,
+    *,
+    before: tuple = (),
+    after: tuple = (),
+    scale_first: bool = False,
+    name: str = "optimizer",
+) -> Optimizer:
+    r"""An optimizer from the lecture's three knobs: ``θ ← θ − η_t · m_t / σ_t``.
+
+    The stages run in this order::
+
+        before...  →  Knobs(direction g, scale σ)  →  after...  →  −η_t
+
+    Args:
+      direction: the g knob making ``m_t`` (e.g. :class:`gradtx.Ema`), or ``None`` for ``g_t``.
+      scale: the σ knob dividing by a per-parameter scale (e.g. :class:`gradtx.AdamScale`), or
+        ``None`` for σ = 1.
+      learning_rate: η, a float or a schedule; ``None`` leaves out the step (and the sign flip).
+      before: stages applied to the gradient first (clipping, coupled L2 decay).
+      after: stages between the knobs and η (decoupled weight decay, trust ratio).
+      scale_first: apply σ to the gradient first and the direction to the result.
+      name: the name shown by ``repr``/``describe`` and used as this optimizer's key in a chain.
+
+    Returns:
+      An :class:`Optimizer`.
+
+    Example:
+      >>> import gradtx, jax.numpy as jnp
+      >>> tx = gradtx.optimizer(gradtx.Ema(0.9), gradtx.RMSPropScale(0.99), 1e-3, name="mine")
+      >>> params = {"w": jnp.ones(3)}
+      >>> state = tx.init(params)
+      >>> updates, state = tx.update({"w": jnp.ones(3)}, state, params)
+      >>> sorted(state.knobs)
+      ['count', 'mu', 'nu']
+    """
+    stages: list = list(before)
+    if direction is not None or scale is not None:
+        stages.append(Knobs(direction, scale, scale_first))
+    stages.extend(after)
+    if learning_rate is not None:
+        stages.append(ScaleByLearningRate(learning_rate))
+    return Optimizer(tuple(stages), (), name)
+
+
+@contextlib.contextmanager
+def naming(name: str) -> Iterator[None]:
+    """Prefixes construction errors of the stages with the named optimizer being built."""
+    try:
+        yield
+    except (ValueError, TypeError) as e:
+        inner = str(e).removeprefix("gradtx.")
+        raise type(e)(
+            f"gradtx.{name} ({inner.split(':', 1)[0]}):{inner.split(':', 1)[-1]}"
+        ) from None

@@ -1,0 +1,112 @@
+"""Named optimizer state: one container type for every transformation and for chains."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import jax
+
+__all__ = ["State"]
+
+
+class State(Mapping):
+    """An immutable, ordered record of named state entries, registered as a pytree.
+
+    Entries are read by attribute (``state.mu``), by name (``state["mu"]``) or, like optax's
+    tuples, by position (``state[0]``). A chain's state holds one :class:`State` per stage,
+    keyed by the stage's name, so ``opt_state.knobs.nu`` reaches Adam's second moment.
+
+    Pytree paths use attribute keys (``.knobs.mu['w']``), so errors and checkpoints name entries
+    by what they are rather than by their position.
+    """
+
+    __slots__ = ("_names", "_values")
+
+    def __init__(self, entries: Mapping[str, Any] | None = None, /, **kwargs: Any) -> None:
+        items = dict(entries or {}, **kwargs)
+        object.__setattr__(self, "_names", tuple(items))
+        object.__setattr__(self, "_values", tuple(items.values()))
+
+    # --- access -------------------------------------------------------------------------------
+    def __getattr__(self, name: str) -> Any:
+        names = object.__getattribute__(self, "_names")
+        if name in names:
+            return object.__getattribute__(self, "_values")[names.index(name)]
+        raise AttributeError(f"State has no entry {name!r}; entries: {', '.join(names) or 'none'}")
+
+    def __getitem__(self, key: str | int) -> Any:
+        if isinstance(key, int):
+            return self._values[key]
+        try:
+            return self._values[self._names.index(key)]
+        except ValueError:
+            raise KeyError(key) from None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError("State is immutable; use state.replace(name=value)")
+
+    def replace(self, **changes: Any) -> State:
+        """A copy with some entries replaced (names must exist)."""
+        unknown = set(changes) - set(self._names)
+        if unknown:
+            raise KeyError(f"State has no entries {sorted(unknown)}")
+        return State({n: changes.get(n, v) for n, v in zip(self._names, self._values)})
+
+    def __reduce__(self) -> tuple:
+        return (State, (dict(zip(self._names, self._values)),))
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, State):
+            return NotImplemented
+        return self._names == other._names and all(
+            a is b or _eq(a, b) for a, b in zip(self._values, other._values)
+        )
+
+    __hash__ = None  # type: ignore[assignment]  # holds arrays
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"{n}={_short(v)}" for n, v in zip(self._names, self._values))
+        return f"State({inner})"
+
+
+def _eq(a: Any, b: Any) -> bool:
+    try:
+        la, ta = jax.tree_util.tree_flatten(a)
+        lb, tb = jax.tree_util.tree_flatten(b)
+        return ta == tb and all(
+            bool((x == y).all()) if hasattr(x, "all") else x == y for x, y in zip(la, lb)
+        )
+    except Exception:
+        return False
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, jax.Array) and value.ndim == 0:
+        return (
+            f"{value.dtype.name}({value.item()!r})"
+            if not isinstance(value, jax.core.Tracer)
+            else repr(value)
+        )
+    if hasattr(value, "shape") and hasattr(value, "dtype"):
+        return f"{value.dtype}{list(value.shape)}"
+    if isinstance(value, State):
+        return repr(value)
+    if isinstance(value, (dict, list, tuple)):
+        n = len(jax.tree_util.tree_leaves(value))
+        return f"<tree of {n} leaves>"
+    return repr(value)
+
+
+jax.tree_util.register_pytree_with_keys(
+    State,
+    lambda s: ([(jax.tree_util.GetAttrKey(n), v) for n, v in zip(s._names, s._values)], s._names),
+    lambda names, values: State(dict(zip(names, values))),
+    lambda s: (list(s._values), s._names),
+)
