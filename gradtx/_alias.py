@@ -53,7 +53,7 @@ def sgd(
       >>> tx = gradtx.sgd(0.1, momentum=0.9)
       >>> params = {"w": jnp.array([1.0, -2.0])}
       >>> updates, state = tx.update({"w": jnp.array([1.0, 1.0])}, tx.init(params), params)
-      >>> updates["w"].tolist()
+      >>> [round(x, 6) for x in updates["w"].tolist()]
       [-0.1, -0.1]
 
     References:
@@ -71,6 +71,16 @@ def sign_sgd(learning_rate: Schedule) -> Optimizer:
     r"""signSGD: :math:`\theta_t = \theta_{t-1} - \eta_t \operatorname{sign}(g_t)`.
 
     Knobs: g = sign, σ = 1, η = ``learning_rate``.
+
+    Example:
+      >>> import gradtx, jax.numpy as jnp
+      >>> tx = gradtx.sign_sgd(0.01)
+      >>> params = {"w": jnp.array([1.0, -2.0])}
+      >>> updates, state = tx.update({"w": jnp.array([0.5, -0.5])}, tx.init(params), params)
+      >>> updates["w"].dtype
+      dtype('float32')
+      >>> tx.describe()["g"], tx.describe()["sigma"]
+      ('Sign(...): sign(g)', 'none (identity)')
 
     References:
       Bernstein et al., *signSGD: Compressed Optimisation for Non-Convex Problems*, ICML 2018.
@@ -101,6 +111,16 @@ def adagrad(
       ``eps`` is outside the root as in ``torch.optim.Adagrad`` (which defaults to
       ``initial_accumulator_value=0, eps=1e-10``); ``optax.adagrad`` puts it inside. The defaults
       here are optax's.
+
+    Example:
+      >>> import gradtx, jax.numpy as jnp
+      >>> tx = gradtx.adagrad(0.1)
+      >>> params = {"w": jnp.array([1.0, -2.0])}
+      >>> updates, state = tx.update({"w": jnp.array([0.5, -0.5])}, tx.init(params), params)
+      >>> updates["w"].dtype
+      dtype('float32')
+      >>> tx.describe()["g"], tx.describe()["sigma"]
+      ('none (identity)', 'AdagradScale(...): σ = √(Σ g²) + ε (Adagrad)')
 
     References:
       Duchi, Hazan & Singer, JMLR 2011.
@@ -137,6 +157,16 @@ def rmsprop(
       optax's ``rmsprop`` puts ``eps`` inside the root by default; pass ``eps_in_sqrt=True`` to
       match it. PyTorch's default ``alpha`` is 0.99, optax's (and this) 0.9.
 
+    Example:
+      >>> import gradtx, jax.numpy as jnp
+      >>> tx = gradtx.rmsprop(0.01, centered=True)
+      >>> params = {"w": jnp.array([1.0, -2.0])}
+      >>> updates, state = tx.update({"w": jnp.array([0.5, -0.5])}, tx.init(params), params)
+      >>> updates["w"].dtype
+      dtype('float32')
+      >>> tx.describe()["g"], tx.describe()["sigma"]
+      ('none (identity)', 'RMSPropScale(...): σ = √(EMA of g²) + ε (RMSProp)')
+
     References:
       Tieleman & Hinton, Coursera lecture 6.5, 2012. Graves, 2013 (centred).
     """
@@ -158,6 +188,16 @@ def adadelta(
 
     Knobs: before = L2 weight decay (coupled, as in ``torch.optim.Adadelta``), σ = Adadelta,
     η = ``learning_rate`` (1 in the paper).
+
+    Example:
+      >>> import gradtx, jax.numpy as jnp
+      >>> tx = gradtx.adadelta()
+      >>> params = {"w": jnp.array([1.0, -2.0])}
+      >>> updates, state = tx.update({"w": jnp.array([0.5, -0.5])}, tx.init(params), params)
+      >>> updates["w"].dtype
+      dtype('float32')
+      >>> tx.describe()["g"], tx.describe()["sigma"]
+      ('none (identity)', 'AdadeltaScale(...): σ = √(EMA g² + ε) / √(EMA Δ² + ε) (Adadelta)')
 
     References:
       Zeiler, *ADADELTA: An Adaptive Learning Rate Method*, 2012.
@@ -254,6 +294,16 @@ def adamw(
     Warning:
       The default ``weight_decay`` is optax's 1e-4; PyTorch's is 1e-2.
 
+    Example:
+      >>> import gradtx, jax.numpy as jnp
+      >>> tx = gradtx.adamw(1e-3, weight_decay=1e-2)
+      >>> params = {"w": jnp.array([1.0, -2.0])}
+      >>> updates, state = tx.update({"w": jnp.array([0.5, -0.5])}, tx.init(params), params)
+      >>> updates["w"].dtype
+      dtype('float32')
+      >>> tx.describe()["g"], tx.describe()["sigma"]
+      ('Ema(...): EMA of gradients m = β1·m + (1−β1)·g', 'AdamScale(...): σ = √(v̂) + ε, v = EMA of g² (Adam)')
+
     References:
       Loshchilov & Hutter, *Decoupled Weight Decay Regularization*, ICLR 2019.
     """
@@ -289,6 +339,16 @@ def nadam(
       PyTorch's default ``momentum_decay=4e-3`` also warms β1 up (Dozat's μ_t schedule); gradtx
       keeps β1 constant, like optax.
 
+    Example:
+      >>> import gradtx, jax.numpy as jnp
+      >>> tx = gradtx.nadam(1e-3)
+      >>> params = {"w": jnp.array([1.0, -2.0])}
+      >>> updates, state = tx.update({"w": jnp.array([0.5, -0.5])}, tx.init(params), params)
+      >>> updates["w"].dtype
+      dtype('float32')
+      >>> tx.describe()["g"], tx.describe()["sigma"]
+      ('NesterovEma(...): Nesterov EMA (NAdam) d = β1·m̂_{t+1} + (1−β1)·ĝ_t', 'AdamScale(...): σ = √(v̂) + ε, v = EMA of g² (Adam)')
+
     References:
       Dozat, *Incorporating Nesterov Momentum into Adam*, ICLR 2016 workshop.
     """
@@ -309,6 +369,16 @@ def nadamw(
     Knobs: g = Nesterov EMA, σ = Adam, after = decoupled weight decay, η = ``learning_rate``.
     Equals ``optax.nadamw`` and ``torch.optim.NAdam(decoupled_weight_decay=True,
     momentum_decay=0)``.
+
+    Example:
+      >>> import gradtx, jax.numpy as jnp
+      >>> tx = gradtx.nadamw(1e-3)
+      >>> params = {"w": jnp.array([1.0, -2.0])}
+      >>> updates, state = tx.update({"w": jnp.array([0.5, -0.5])}, tx.init(params), params)
+      >>> updates["w"].dtype
+      dtype('float32')
+      >>> tx.describe()["g"], tx.describe()["sigma"]
+      ('NesterovEma(...): Nesterov EMA (NAdam) d = β1·m̂_{t+1} + (1−β1)·ĝ_t', 'AdamScale(...): σ = √(v̂) + ε, v = EMA of g² (Adam)')
     """
     return adamw(learning_rate, b1, b2, eps, eps_root, weight_decay, mask, nesterov=True)
 
@@ -326,6 +396,16 @@ def adamax(
 
     Warning:
       ``torch.optim.Adamax`` uses ``max(β2·u, |g| + ε)`` (ε inside the maximum).
+
+    Example:
+      >>> import gradtx, jax.numpy as jnp
+      >>> tx = gradtx.adamax(2e-3)
+      >>> params = {"w": jnp.array([1.0, -2.0])}
+      >>> updates, state = tx.update({"w": jnp.array([0.5, -0.5])}, tx.init(params), params)
+      >>> updates["w"].dtype
+      dtype('float32')
+      >>> tx.describe()["g"], tx.describe()["sigma"]
+      ('Ema(...): EMA of gradients m = β1·m + (1−β1)·g', 'AdamaxScale(...): σ = max(β2·u, |g|) + ε (Adamax)')
 
     References:
       Kingma & Ba, ICLR 2015, section 7.1.
@@ -354,6 +434,16 @@ def amsgrad(
     Warning:
       ``optax.amsgrad`` takes the maximum of the *bias-corrected* moments; see
       :class:`~gradtx.AmsgradScale`.
+
+    Example:
+      >>> import gradtx, jax.numpy as jnp
+      >>> tx = gradtx.amsgrad(1e-3)
+      >>> params = {"w": jnp.array([1.0, -2.0])}
+      >>> updates, state = tx.update({"w": jnp.array([0.5, -0.5])}, tx.init(params), params)
+      >>> updates["w"].dtype
+      dtype('float32')
+      >>> tx.describe()["g"], tx.describe()["sigma"]
+      ('Ema(...): EMA of gradients m = β1·m + (1−β1)·g', 'AmsgradScale(...): σ = √(max_t v̂) + ε (AMSGrad)')
 
     References:
       Reddi, Kale & Kumar, *On the Convergence of Adam and Beyond*, ICLR 2018.

@@ -31,6 +31,16 @@ def adabelief(
 
     Knobs: g = EMA (debiased), σ = AdaBelief, η = ``learning_rate``. Equals ``optax.adabelief``.
 
+    Example:
+      >>> import gradtx, jax.numpy as jnp
+      >>> tx = gradtx.adabelief(1e-3)
+      >>> params = {"w": jnp.array([1.0, -2.0])}
+      >>> updates, state = tx.update({"w": jnp.array([0.5, -0.5])}, tx.init(params), params)
+      >>> updates["w"].dtype
+      dtype('float32')
+      >>> tx.describe()["g"], tx.describe()["sigma"]
+      ('Ema(...): EMA of gradients m = β1·m + (1−β1)·g', 'AdaBeliefScale(...): σ = √(EMA of (g − m)²) + ε (AdaBelief)')
+
     References:
       Zhuang et al., NeurIPS 2020. https://arxiv.org/abs/2010.07468
     """
@@ -57,6 +67,16 @@ def yogi(
 
     Warning:
       ``optax.yogi`` starts ``m`` at ``initial_accumulator_value`` too; here ``m_0 = 0``.
+
+    Example:
+      >>> import gradtx, jax.numpy as jnp
+      >>> tx = gradtx.yogi(1e-2)
+      >>> params = {"w": jnp.array([1.0, -2.0])}
+      >>> updates, state = tx.update({"w": jnp.array([0.5, -0.5])}, tx.init(params), params)
+      >>> updates["w"].dtype
+      dtype('float32')
+      >>> tx.describe()["g"], tx.describe()["sigma"]
+      ('Ema(...): EMA of gradients m = β1·m + (1−β1)·g', 'YogiScale(...): σ = √(v̂) + ε, v −= (1−β2)·sign(v − g²)·g² (Yogi)')
 
     References:
       Zaheer et al., *Adaptive Methods for Nonconvex Optimization*, NeurIPS 2018.
@@ -87,6 +107,16 @@ def radam(
     Warning:
       ``torch.optim.RAdam`` places ε as ``√(1-β2^t)/(√v_t + ε)``; differences are O(ε/√v̂).
 
+    Example:
+      >>> import gradtx, jax.numpy as jnp
+      >>> tx = gradtx.radam(1e-3)
+      >>> params = {"w": jnp.array([1.0, -2.0])}
+      >>> updates, state = tx.update({"w": jnp.array([0.5, -0.5])}, tx.init(params), params)
+      >>> updates["w"].dtype
+      dtype('float32')
+      >>> tx.describe()["g"], tx.describe()["sigma"]
+      ('Ema(...): EMA of gradients m = β1·m + (1−β1)·g', 'RAdamScale(...): σ = √(v̂)/r_t + ε once ρ_t > threshold, else 1 (RAdam)')
+
     References:
       Liu et al., ICLR 2020. https://arxiv.org/abs/1908.03265
     """
@@ -111,6 +141,16 @@ def lion(
 
     Knobs: g = Lion sign momentum, σ = 1, after = weight decay, η = ``learning_rate``.
     Equals ``optax.lion``.
+
+    Example:
+      >>> import gradtx, jax.numpy as jnp
+      >>> tx = gradtx.lion(1e-4)
+      >>> params = {"w": jnp.array([1.0, -2.0])}
+      >>> updates, state = tx.update({"w": jnp.array([0.5, -0.5])}, tx.init(params), params)
+      >>> updates["w"].dtype
+      dtype('float32')
+      >>> tx.describe()["g"], tx.describe()["sigma"]
+      ('Lion(...): sign(β1·m + (1−β1)·g), m = β2·m + (1−β2)·g', 'none (identity)')
 
     References:
       Chen et al., *Symbolic Discovery of Optimization Algorithms*, 2023.
@@ -137,6 +177,16 @@ def lamb(
 
     (ratio 1 when either norm is 0). Knobs: g = EMA (debiased), σ = Adam, after = weight decay
     and trust ratio, η = ``learning_rate``. Equals ``optax.lamb``.
+
+    Example:
+      >>> import gradtx, jax.numpy as jnp
+      >>> tx = gradtx.lamb(1e-3)
+      >>> params = {"w": jnp.array([1.0, -2.0])}
+      >>> updates, state = tx.update({"w": jnp.array([0.5, -0.5])}, tx.init(params), params)
+      >>> updates["w"].dtype
+      dtype('float32')
+      >>> tx.describe()["g"], tx.describe()["sigma"]
+      ('Ema(...): EMA of gradients m = β1·m + (1−β1)·g', 'AdamScale(...): σ = √(v̂) + ε, v = EMA of g² (Adam)')
 
     References:
       You et al., *Large Batch Optimization for Deep Learning*, ICLR 2020.
@@ -170,6 +220,16 @@ def lars(
     Warning:
       ``optax.lars`` applies the learning rate before the momentum; the two agree for a
       constant learning rate and differ under a schedule (the paper puts η inside).
+
+    Example:
+      >>> import gradtx, jax.numpy as jnp
+      >>> tx = gradtx.lars(0.1)
+      >>> params = {"w": jnp.array([1.0, -2.0])}
+      >>> updates, state = tx.update({"w": jnp.array([0.5, -0.5])}, tx.init(params), params)
+      >>> updates["w"].dtype
+      dtype('float32')
+      >>> tx.describe()["g"], tx.describe()["sigma"]
+      ('Momentum(...): heavy-ball momentum m = μ·m + g', 'none (identity)')
 
     References:
       You, Gitman & Ginsburg, *Large Batch Training of Convolutional Networks*, 2017.
@@ -214,6 +274,16 @@ def adafactor(
     Warning:
       optax applies η before the momentum and adds weight decay unscaled by η; here the decay
       is multiplied by η as in AdamW. They agree with a constant η and no weight decay.
+
+    Example:
+      >>> import gradtx, jax.numpy as jnp
+      >>> tx = gradtx.adafactor()
+      >>> params = {"w": jnp.array([1.0, -2.0])}
+      >>> updates, state = tx.update({"w": jnp.array([0.5, -0.5])}, tx.init(params), params)
+      >>> updates["w"].dtype
+      dtype('float32')
+      >>> tx.describe()["g"], tx.describe()["sigma"]
+      ('none (identity)', 'FactoredScale(...): σ = √(factored EMA of g²), clipped by block RMS, × RMS(θ) (Adafactor)')
 
     References:
       Shazeer & Stern, ICML 2018. https://arxiv.org/abs/1804.04235

@@ -218,16 +218,23 @@ class Stage(GradientTransformation):
                 raise TransformError(
                     f"gradtx.{self.name}: params at {path_str(path)} is None but updates is not"
                 )
-            cdt = jnp.promote_types(g.dtype, jnp.float32)
+            cdt = compute_dtype(g.dtype)
             if cdt not in cache:
                 cache[cdt] = _at_dtype(hp, step, values, extra, cdt)
             hp_c, ctx = cache[cdt]
-            u, ns = hp_c.update_leaf(
-                g.astype(cdt),
-                {s: v.astype(cdt) for s, v in slots.items()},
-                None if p is None else p.astype(cdt),
-                ctx,
-            )
+            try:
+                u, ns = hp_c.update_leaf(
+                    g.astype(cdt),
+                    {s: v.astype(cdt) for s, v in slots.items()},
+                    None if p is None else p.astype(cdt),
+                    ctx,
+                )
+            except (TypeError, ValueError) as e:
+                if type(e) not in (TypeError, ValueError) or str(e).startswith("gradtx."):
+                    raise
+                raise type(e)(  # e.g. a state slot whose shape does not fit the update
+                    f"gradtx.{self.name}: at {path_str(path)}: {e}"
+                ) from e
             out.append(u.astype(g.dtype))
             for s in self.slots:
                 new_slots[s].append(ns[s].astype(slots[s].dtype))
@@ -237,6 +244,12 @@ class Stage(GradientTransformation):
         for s in self.slots:
             entries[s] = treedef.unflatten(new_slots[s])
         return treedef.unflatten(out), State(entries)
+
+
+def compute_dtype(dtype: Any) -> Any:
+    """``dtype`` widened to at least float32, whatever ``jax_numpy_dtype_promotion`` is set to."""
+    with jax.numpy_dtype_promotion("standard"):
+        return jnp.promote_types(dtype, jnp.float32)
 
 
 def _at_dtype(hp: Stage, step: Any, values: dict, extra: dict, dtype: Any) -> tuple[Stage, Context]:

@@ -7,7 +7,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from ._base import Context, Stage
+from ._base import Context, Stage, compute_dtype
 from ._state import State
 from ._struct import hyper
 from ._tree import flatten
@@ -30,7 +30,7 @@ def global_norm(tree: Any) -> jax.Array:
     squares = []
     for _, x in flatten(tree)[0]:
         if x is not None:
-            x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+            x = x.astype(compute_dtype(x.dtype))
             squares.append(jnp.sum(x * x))
     if not squares:
         return jnp.zeros([], jnp.float32)

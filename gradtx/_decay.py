@@ -83,7 +83,7 @@ def add_decayed_weights(weight_decay: float = 0.0, mask: Any = None) -> AddDecay
       >>> tx = gradtx.add_decayed_weights(0.1, mask=lambda p: {"w": True, "b": False})
       >>> params = {"w": jnp.ones(2), "b": jnp.ones(2)}
       >>> u, _ = tx.update({"w": jnp.zeros(2), "b": jnp.zeros(2)}, tx.init(params), params)
-      >>> u["w"].tolist(), u["b"].tolist()
+      >>> [round(x, 6) for x in u["w"].tolist()], u["b"].tolist()
       ([0.1, 0.1], [0.0, 0.0])
     """
     return AddDecayedWeights(weight_decay, mask)

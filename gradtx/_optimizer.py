@@ -43,7 +43,7 @@ class Optimizer(Chain):
         Example:
           >>> import gradtx
           >>> gradtx.adam(1e-3).describe()["sigma"]
-          'AdamScale(): σ = √(v̂) + ε, v = EMA of g² (Adam)'
+          'AdamScale(b2=0.999, eps=1e-08, eps_root=0.0): σ = √(v̂) + ε, v = EMA of g² (Adam)'
         """
         knobs, sched = self.knobs, self.schedule
         idx_k = self.stages.index(knobs) if knobs is not None else len(self.stages)
@@ -71,6 +71,39 @@ class Optimizer(Chain):
 
     def __repr__(self) -> str:
         return f"gradtx.{self.name}({', '.join(repr(s) for s in self.stages)})"
+
+    def init(self, params: Any) -> Any:
+        with _naming_use(self.name):
+            return super().init(params)
+
+    def update(
+        self, updates: Any, state: Any, params: Any | None = None, **extra: Any
+    ) -> tuple[Any, Any]:
+        with _naming_use(self.name):
+            return super().update(updates, state, params, **extra)
+
+
+@contextlib.contextmanager
+def _naming_use(name: str) -> Iterator[None]:
+    """Names the optimizer in the errors its stages raise on bad input to init/update.
+
+    ``gradtx.knobs: at ['w'] ...`` becomes ``gradtx.adam (knobs): at ['w'] ...``; errors that
+    are not gradtx's own (no ``gradtx.`` prefix) or already name this optimizer pass unchanged.
+    """
+    try:
+        yield
+    except (ValueError, TypeError) as e:
+        msg = str(e)
+        head, sep, rest = msg.partition(":")
+        stage = head.removeprefix("gradtx.")
+        if (
+            not sep
+            or not head.startswith("gradtx.")
+            or stage == name
+            or stage.startswith(name + " (")
+        ):
+            raise
+        raise type(e)(f"gradtx.{name} ({stage}):{rest}") from None
 
 
 def optimizer(
