@@ -1,7 +1,76 @@
-"""Schedules of the step count for η (or any hyperparameter). See docs/schedules.md."""
+"""Schedules of the step count for η (or any hyperparameter). See docs/schedules.md.
+
+Each schedule is a frozen, hashable dataclass pytree: ``schedule(count) -> float32``, with
+``count`` the number of updates already applied (0 at the first update). Float values are
+traced leaves, step counts and flags are static configuration. Every schedule has a class
+(``WarmupCosineDecay``) and a lowercase factory (``warmup_cosine_decay``).
+"""
 
 from ._base import Schedule as Schedule
+from ._basic import Constant as Constant
+from ._basic import Linear as Linear
 from ._basic import constant as constant
 from ._basic import linear as linear
+from ._cyclic import CosineRestarts as CosineRestarts
+from ._cyclic import CyclicTriangular as CyclicTriangular
+from ._cyclic import OneCycle as OneCycle
+from ._cyclic import cosine_restarts as cosine_restarts
+from ._cyclic import cyclic_triangular as cyclic_triangular
+from ._cyclic import one_cycle as one_cycle
+from ._cyclic import sgdr as sgdr
+from ._decay import CosineDecay as CosineDecay
+from ._decay import ExponentialDecay as ExponentialDecay
+from ._decay import PiecewiseConstant as PiecewiseConstant
+from ._decay import Polynomial as Polynomial
+from ._decay import cosine_decay as cosine_decay
+from ._decay import exponential_decay as exponential_decay
+from ._decay import piecewise_constant as piecewise_constant
+from ._decay import polynomial as polynomial
+from ._join import JoinSchedules as JoinSchedules
+from ._join import join_schedules as join_schedules
+from ._warmup import InverseSqrt as InverseSqrt
+from ._warmup import WarmupConstant as WarmupConstant
+from ._warmup import WarmupCosineDecay as WarmupCosineDecay
+from ._warmup import WarmupStableDecay as WarmupStableDecay
+from ._warmup import inverse_sqrt as inverse_sqrt
+from ._warmup import warmup_constant as warmup_constant
+from ._warmup import warmup_cosine_decay as warmup_cosine_decay
+from ._warmup import warmup_stable_decay as warmup_stable_decay
+from ._warmup import wsd as wsd
 
-__all__ = ["Schedule", "constant", "linear"]
+__all__ = [
+    # base
+    "Schedule",
+    # factories
+    "constant",
+    "linear",
+    "polynomial",
+    "exponential_decay",
+    "piecewise_constant",
+    "cosine_decay",
+    "warmup_cosine_decay",
+    "warmup_constant",
+    "warmup_stable_decay",
+    "wsd",
+    "inverse_sqrt",
+    "one_cycle",
+    "cyclic_triangular",
+    "cosine_restarts",
+    "sgdr",
+    "join_schedules",
+    # classes
+    "Constant",
+    "Linear",
+    "Polynomial",
+    "ExponentialDecay",
+    "PiecewiseConstant",
+    "CosineDecay",
+    "WarmupCosineDecay",
+    "WarmupConstant",
+    "WarmupStableDecay",
+    "InverseSqrt",
+    "OneCycle",
+    "CyclicTriangular",
+    "CosineRestarts",
+    "JoinSchedules",
+]
