@@ -245,9 +245,10 @@ def NAdamW(learning_rate, b1=0.9, b2=0.999, eps=1e-8, eps_root=0.0, weight_decay
 class Adamax:
     """Kingma & Ba 2015, Algorithm 2::
 
-        m = β1 m + (1-β1) g;  u = max(β2 u, |g|);  θ -= η/(1-β1^t) · m / (u + ε)
+        m = β1 m + (1-β1) g;  u = max(β2 u, |g|);  θ -= η/(1-β1^t) · m / u
 
-    The paper has no ε; gradtx (like optax) adds it to ``u`` outside the maximum, documented.
+    The paper has no ε; gradtx (like torch and optax) puts it inside the maximum,
+    ``u = max(β2 u, |g| + ε)``, documented.
     """
 
     def __init__(self, learning_rate, b1=0.9, b2=0.999, eps=1e-8):
@@ -258,8 +259,8 @@ class Adamax:
 
     def step(self, g, s, p, t):
         m = self.b1 * s["m"] + (1 - self.b1) * g
-        u = np.maximum(self.b2 * s["u"], np.abs(g))
-        return -_lr(self.lr, t) / (1 - self.b1**t) * m / (u + self.eps), {"m": m, "u": u}
+        u = np.maximum(self.b2 * s["u"], np.abs(g) + self.eps)
+        return -_lr(self.lr, t) / (1 - self.b1**t) * m / u, {"m": m, "u": u}
 
 
 class AMSGrad:

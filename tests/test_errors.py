@@ -21,10 +21,16 @@ PARAMS = _tree(w=(3,), b=(2,))
 @pytest.mark.parametrize(
     "make, match",
     [
-        (lambda: gradtx.adam(-1e-3), r"gradtx\.adam .*learning_rate must be >= 0, got -0\.001"),
+        (
+            lambda: gradtx.adam(-1e-3),
+            r"gradtx\.adam .*learning_rate must be finite and >= 0, got -0\.001",
+        ),
         (lambda: gradtx.adam(float("nan")), r"gradtx\.adam .*learning_rate .*got nan"),
-        (lambda: gradtx.sgd(-0.1, momentum=0.9), r"gradtx\.sgd .*learning_rate must be >= 0"),
-        (lambda: gradtx.adam(1e-3, b1=1.0), r"gradtx\.adam .*must be in \[0, 1\), got 1\.0"),
+        (
+            lambda: gradtx.sgd(-0.1, momentum=0.9),
+            r"gradtx\.sgd .*learning_rate must be finite and >= 0",
+        ),
+        (lambda: gradtx.adam(1e-3, b1=1.0), r"gradtx\.adam .*b1 must be in \[0, 1\), got 1\.0"),
         (lambda: gradtx.adam(1e-3, b1=-0.1), r"gradtx\.adam .*must be in \[0, 1\), got -0\.1"),
         (lambda: gradtx.adam(1e-3, b2=1.0), r"gradtx\.adam .*b2 must be in \[0, 1\), got 1\.0"),
         (lambda: gradtx.adam(1e-3, b2=float("nan")), r"gradtx\.adam .*b2 .*got nan"),
@@ -35,7 +41,11 @@ PARAMS = _tree(w=(3,), b=(2,))
         (lambda: gradtx.rmsprop(0.1, decay=1.0), r"gradtx\.rmsprop .*decay must be in \[0, 1\)"),
         (lambda: gradtx.lion(1e-4, b2=2.0), r"gradtx\.lion .*b2 must be in \[0, 1\)"),
         (lambda: gradtx.adagrad(0.1, eps=-1.0), r"gradtx\.adagrad .*eps must be >= 0"),
-        (lambda: gradtx.adam(jnp.float32(-1.0)), r"gradtx\.adam .*learning_rate must be >= 0"),
+        (lambda: gradtx.adam(float("inf")), r"gradtx\.adam .*learning_rate must be finite"),
+        (
+            lambda: gradtx.adam(jnp.float32(-1.0)),
+            r"gradtx\.adam .*learning_rate must be finite and >= 0",
+        ),
     ],
     ids=[
         "lr_negative",
@@ -52,6 +62,7 @@ PARAMS = _tree(w=(3,), b=(2,))
         "rmsprop_decay_one",
         "lion_b2",
         "adagrad_eps",
+        "lr_inf",
         "lr_jax_scalar_negative",
     ],
 )
