@@ -1,0 +1,173 @@
+"""The table of every public transformation, shared by tests/test_conformance.py and
+tools/run_kit.py (so it imports neither pytest nor hypothesis).
+
+``FACTORIES`` maps every public name that is, or returns, a :class:`gradtx.GradientTransformation`
+to a list of ``(variant id, factory)``; :func:`discover` finds those names in the public API, so a
+new one without an entry fails ``test_every_public_transformation_has_an_entry``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import types
+import typing
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import numpy as np
+
+import gradtx
+from gradtx import GradientTransformation
+
+__all__ = ["FACTORIES", "NOT_TRANSFORMATIONS", "CASES", "discover", "decay_mask"]
+
+
+def decay_mask(params: Any) -> Any:
+    return jax.tree_util.tree_map(lambda p: np.ndim(p) >= 2, params)
+
+
+SCHEDULE = gradtx.schedules.linear(1e-2, 1e-3, 10)
+
+#: Public name -> list of (variant id, factory); ``None`` for an abstract base class.
+FACTORIES: dict[str, list[tuple[str, Callable[[], Any]]] | None] = {
+    # named optimizers
+    "sgd": [
+        ("sgd", lambda: gradtx.sgd(0.1)),
+        ("sgd_nesterov", lambda: gradtx.sgd(0.1, momentum=0.9, nesterov=True)),
+    ],
+    "sign_sgd": [("sign_sgd", lambda: gradtx.sign_sgd(0.1))],
+    "adagrad": [
+        ("adagrad", lambda: gradtx.adagrad(0.1)),
+        ("adagrad_average", lambda: gradtx.adagrad(0.1, average=True)),
+    ],
+    "rmsprop": [
+        ("rmsprop", lambda: gradtx.rmsprop(0.01)),
+        ("rmsprop_centered_momentum", lambda: gradtx.rmsprop(0.01, centered=True, momentum=0.9)),
+    ],
+    "adadelta": [("adadelta_weight_decay", lambda: gradtx.adadelta(weight_decay=0.01))],
+    "adam": [
+        ("adam", lambda: gradtx.adam(1e-3)),
+        ("adam_scheduled", lambda: gradtx.adam(SCHEDULE)),
+    ],
+    "adamw": [("adamw_masked", lambda: gradtx.adamw(1e-3, weight_decay=0.01, mask=decay_mask))],
+    "nadam": [("nadam", lambda: gradtx.nadam(1e-3))],
+    "nadamw": [("nadamw", lambda: gradtx.nadamw(1e-3))],
+    "adamax": [("adamax", lambda: gradtx.adamax(1e-3))],
+    "amsgrad": [("amsgrad", lambda: gradtx.amsgrad(1e-3))],
+    "adabelief": [("adabelief", lambda: gradtx.adabelief(1e-3))],
+    "yogi": [("yogi", lambda: gradtx.yogi(1e-3))],
+    "radam": [("radam", lambda: gradtx.radam(1e-3))],
+    "lion": [("lion", lambda: gradtx.lion(1e-4))],
+    "lamb": [("lamb", lambda: gradtx.lamb(1e-3, weight_decay=0.01))],
+    "lars": [("lars", lambda: gradtx.lars(0.1, weight_decay=1e-4))],
+    "adafactor": [
+        ("adafactor", lambda: gradtx.adafactor()),
+        (
+            "adafactor_factored_momentum",
+            lambda: gradtx.adafactor(
+                SCHEDULE, min_dim_size_to_factor=2, momentum=0.9, weight_decay_rate=1e-3
+            ),
+        ),
+    ],
+    # stages and combinators
+    "clip": [("clip", lambda: gradtx.clip(1.0))],
+    "clip_by_global_norm": [("clip_by_global_norm", lambda: gradtx.clip_by_global_norm(1.0))],
+    "clip_by_block_rms": [("clip_by_block_rms", lambda: gradtx.clip_by_block_rms(1.0))],
+    "adaptive_grad_clip": [("adaptive_grad_clip", lambda: gradtx.adaptive_grad_clip(0.01))],
+    "add_decayed_weights": [
+        ("add_decayed_weights", lambda: gradtx.add_decayed_weights(1e-4, decay_mask))
+    ],
+    "scale_by_trust_ratio": [("scale_by_trust_ratio", lambda: gradtx.scale_by_trust_ratio())],
+    "scale": [("scale", lambda: gradtx.scale(0.5))],
+    "scale_by_learning_rate": [
+        ("scale_by_learning_rate", lambda: gradtx.scale_by_learning_rate(SCHEDULE))
+    ],
+    "chain": [
+        (
+            "chain",
+            lambda: gradtx.chain(gradtx.clip_by_global_norm(1.0), gradtx.adamw(1e-3)),
+        )
+    ],
+    "optimizer": [
+        (
+            "optimizer",
+            lambda: gradtx.optimizer(
+                gradtx.Ema(0.9),
+                gradtx.RMSPropScale(0.99),
+                1e-3,
+                before=(gradtx.clip(1.0),),
+                name="custom",
+            ),
+        )
+    ],
+    # public classes
+    "Chain": [("Chain", lambda: gradtx.Chain((gradtx.scale(0.5), gradtx.sgd(0.1))))],
+    "Knobs": [("Knobs", lambda: gradtx.Knobs(gradtx.Momentum(0.9), gradtx.AdagradScale()))],
+    "Optimizer": [
+        (
+            "Optimizer",
+            lambda: gradtx.Optimizer(
+                (gradtx.Knobs(gradtx.Ema(0.9), gradtx.AdamScale()), gradtx.scale(-1e-3)),
+                (),
+                "optimizer_class",
+            ),
+        )
+    ],
+    "GradientTransformation": None,  # abstract base
+    "Stage": None,  # abstract base
+}
+
+#: Public functions whose return annotation does not say what they return (``Any`` or none),
+#: checked here by hand: none returns a transformation.
+NOT_TRANSFORMATIONS = {
+    "apply_updates",
+    "current_learning_rate",
+    "hyper",
+    "static",
+    "unpack",
+}
+
+
+def _returns(fn: Any) -> Any:
+    try:
+        return typing.get_type_hints(fn).get("return", Any)
+    except Exception:  # noqa: BLE001  (an annotation that does not resolve says nothing)
+        return Any
+
+
+def _is_tx_type(t: Any) -> bool | None:
+    """True/False for a type that is/is not a transformation, None when it does not say."""
+    if t is Any:
+        return None
+    origin = typing.get_origin(t)
+    if origin in (typing.Union, types.UnionType):  # Optional[X], X | None, ...
+        verdicts = [_is_tx_type(a) for a in typing.get_args(t) if a is not type(None)]
+        return None if None in verdicts else any(verdicts)
+    t = origin or t  # dict[str, Any] -> dict
+    return inspect.isclass(t) and issubclass(t, GradientTransformation)
+
+
+def discover() -> tuple[set[str], set[str]]:
+    """(public names that are transformations or make them, public functions that do not say)."""
+    found, unclear = set(), set()
+    for name in dir(gradtx):
+        if name.startswith("_"):
+            continue
+        obj = getattr(gradtx, name)
+        if inspect.ismodule(obj):
+            continue
+        if inspect.isclass(obj):
+            if issubclass(obj, GradientTransformation):
+                found.add(name)
+        elif callable(obj):
+            verdict = _is_tx_type(_returns(obj))
+            if verdict:
+                found.add(name)
+            elif verdict is None:
+                unclear.add(name)
+    return found, unclear
+
+
+#: Every (variant id, factory) of FACTORIES, abstract bases left out.
+CASES = [case for variants in FACTORIES.values() if variants for case in variants]

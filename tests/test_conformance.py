@@ -1,0 +1,49 @@
+"""Every public transformation and named optimizer passes the conformance kit.
+
+The transformations are discovered from the public API (``kit_cases.discover``): every public
+function annotated to return a :class:`gradtx.GradientTransformation` and every public subclass
+of it must have an entry in ``kit_cases.FACTORIES`` (or, for a function whose return type does
+not say, in ``NOT_TRANSFORMATIONS``), so a new one cannot be forgotten.
+"""
+
+from __future__ import annotations
+
+import pytest
+from kit_cases import CASES, FACTORIES, NOT_TRANSFORMATIONS, discover
+
+from gradtx import GradientTransformation
+from gradtx.testing import CHECKS, check_transformation
+
+
+def test_every_public_transformation_has_an_entry():
+    found, unclear = discover()
+    missing = sorted(found - set(FACTORIES))
+    assert not missing, f"add these public transformations to FACTORIES: {missing}"
+    stale = sorted(set(FACTORIES) - found)
+    assert not stale, f"FACTORIES names things that are not public transformations: {stale}"
+    unsure = sorted(unclear - NOT_TRANSFORMATIONS - set(FACTORIES))
+    assert not unsure, (
+        f"public functions {unsure} do not annotate what they return: annotate them, or add "
+        "them to FACTORIES or NOT_TRANSFORMATIONS"
+    )
+    assert NOT_TRANSFORMATIONS <= unclear, sorted(NOT_TRANSFORMATIONS - unclear)
+
+
+def test_discovery_sees_named_optimizers_and_stages():
+    found, _ = discover()
+    assert {"adam", "sgd", "adafactor", "clip_by_global_norm", "chain", "Chain"} <= found
+    assert not {"global_norm", "hyperparams", "pack", "State"} & found
+
+
+def test_no_duplicate_case_ids():
+    ids = [i for i, _ in CASES]
+    assert len(ids) == len(set(ids))
+
+
+@pytest.mark.parametrize("make", [m for _, m in CASES], ids=[i for i, _ in CASES])
+def test_conformance(make):
+    tx = make()
+    assert isinstance(tx, GradientTransformation)
+    report = check_transformation(tx)
+    assert set(CHECKS) <= set(report.passed), str(report)
+    assert report.skipped == {}, str(report)

@@ -1,0 +1,536 @@
+"""The conformance kit catches every rule a transformation can break, with a clear message.
+
+Each bad transformation below breaks exactly one rule of ``gradtx.testing`` and is run through
+the check for that rule; the test asserts the check's name and the words of its message.
+"""
+
+from __future__ import annotations
+
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import gradtx
+from gradtx.testing import (
+    CHECKS,
+    CheckFailure,
+    CheckReport,
+    check_sharding,
+    check_structure,
+    check_transformation,
+    default_params,
+)
+
+# --- good transformations -----------------------------------------------------------------------
+
+
+class SignMomentum(gradtx.Stage):
+    """The docs/testing.md example: sign of an EMA of the gradients, a rule for one array."""
+
+    name = "sign_momentum"
+    slots = ("m",)
+    decay: float = gradtx.hyper(0.9, "unit")
+
+    def update_leaf(self, g, slots, param, ctx):
+        m = self.decay * slots["m"] + (1 - self.decay) * g
+        return jnp.sign(m), {"m": m}
+
+
+class ScaleByLoss(gradtx.Stage):
+    """Needs the loss value at every step: declares it in ``requires``."""
+
+    name = "scale_by_loss"
+    requires = ("loss",)
+
+    def update_leaf(self, g, slots, param, ctx):
+        return g * jnp.asarray(ctx.extra["loss"], g.dtype), slots
+
+
+def test_custom_stage_passes_every_check():
+    report = check_transformation(SignMomentum(0.9))
+    assert set(CHECKS) <= set(report.passed)
+    assert report.skipped == {}
+    assert "sharding" in str(report) and "sign_momentum" in str(report)
+
+
+def test_required_extra_argument_is_passed_and_enforced():
+    report = check_transformation(ScaleByLoss(), extra_args={"loss": jnp.float32(2.0)})
+    assert "required loss enforced" in report.passed["extra_args"]
+    with pytest.raises(CheckFailure, match=r"requires update argument\(s\) loss; pass values with"):
+        check_transformation(ScaleByLoss(), checks=["extra_args"])
+
+
+def test_required_extra_argument_inside_a_chain():
+    tx = gradtx.chain(ScaleByLoss(), gradtx.sgd(0.1))
+    report = check_transformation(
+        tx, checks=["extra_args", "jit"], extra_args={"loss": jnp.float32(0.5)}
+    )
+    assert "required loss enforced" in report.passed["extra_args"]
+
+
+# --- the report ---------------------------------------------------------------------------------
+
+
+def test_report_records_skips_with_reasons():
+    report = check_transformation(gradtx.sgd(0.1), checks=["sharding"], devices=1)
+    assert report.passed == {}
+    assert "needs at least 2 devices, 8 available" in report.skipped["sharding"]
+
+
+def test_no_hyperparameters_is_a_recorded_skip():
+    tx = gradtx.chain()  # no stages, no numbers
+    report = check_transformation(tx, checks=["jit", "vmap"])
+    assert "no numeric hyperparameters" in report.skipped["jit.hyperparameters"]
+    assert "no numeric pytree leaves" in report.skipped["vmap.hyperparameters"]
+    assert "jit" in report.passed and "vmap.params" in report.passed
+
+
+def test_unknown_check_name():
+    with pytest.raises(ValueError, match=r"unknown check\(s\) \['jitt'\]"):
+        check_transformation(gradtx.sgd(0.1), checks=["jitt"])
+
+
+def test_failure_attributes():
+    with pytest.raises(CheckFailure) as info:
+        check_transformation(_CrashesOnExtras(), checks=["extra_args"])
+    e = info.value
+    assert (e.check, e.transformation) == ("extra_args", "crashes_on_extras")
+    assert str(e).startswith("crashes_on_extras failed check 'extra_args': ")
+    assert isinstance(e, AssertionError)
+
+
+def test_sharding_without_shardable_params_is_a_recorded_skip():
+    report = check_sharding(gradtx.sgd(0.1), {"a": jnp.ones(3), "b": jnp.ones(())}, devices=2)
+    assert "no param has a dimension divisible" in report.skipped["sharding"]
+
+
+def test_report_str_lists_passed_and_skipped():
+    r = CheckReport("t")
+    r.ok("jit", "fine")
+    r.skip("sharding", "one device")
+    lines = ["check_transformation(t):", "  passed   jit: fine", "  skipped  sharding: one device"]
+    assert str(r) == "\n".join(lines)
+
+
+# --- bad transformations: one broken rule each ---------------------------------------------------
+
+
+def _sgd(updates):
+    return jax.tree_util.tree_map(lambda g: -0.1 * g, updates)
+
+
+class _StaticStep:
+    """A step counter kept as static pytree data (a common mistake)."""
+
+    def __init__(self, n):
+        self.n = n
+
+
+jax.tree_util.register_pytree_node(_StaticStep, lambda s: ((), s.n), lambda n, _: _StaticStep(n))
+
+
+class _RetracesEveryStep(gradtx.GradientTransformation):
+    name = "retraces_every_step"
+
+    def init(self, params):
+        return {"step": _StaticStep(0)}
+
+    def update(self, updates, state, params=None, **extra):
+        return _sgd(updates), {"step": _StaticStep(state["step"].n + 1)}
+
+
+@jax.tree_util.register_pytree_node_class
+class _HyperInStaticData:
+    """Its learning rate is a leaf, but a copy of it also leaks into the static data."""
+
+    name = "hyper_in_static_data"
+
+    def __init__(self, lr):
+        self.lr = lr
+
+    def tree_flatten(self):
+        return (self.lr,), f"lr={self.lr}"
+
+    @classmethod
+    def tree_unflatten(cls, aux, children):
+        return cls(*children)
+
+    def init(self, params):
+        return ()
+
+    def update(self, updates, state, params=None, **extra):
+        return jax.tree_util.tree_map(lambda g: -self.lr * g, updates), state
+
+
+class _HyperAsPythonNumber(gradtx.GradientTransformation):
+    name = "hyper_as_python_number"
+    lr: float = gradtx.hyper(0.1)
+
+    def init(self, params):
+        return ()
+
+    def update(self, updates, state, params=None, **extra):
+        lr = float(self.lr)  # fails when the hyperparameter is traced
+        return jax.tree_util.tree_map(lambda g: -lr * g, updates), state
+
+
+class _CountWeakType(gradtx.GradientTransformation):
+    name = "count_weak_type"
+
+    def init(self, params):
+        return {"count": jnp.asarray(0)}  # weakly typed
+
+    def update(self, updates, state, params=None, **extra):
+        return _sgd(updates), {"count": (state["count"] + 1).astype(jnp.int32)}
+
+
+class _StateGrows(gradtx.GradientTransformation):
+    name = "state_grows"
+
+    def init(self, params):
+        return {"mu": jax.tree_util.tree_map(jnp.zeros_like, params)}
+
+    def update(self, updates, state, params=None, **extra):
+        return _sgd(updates), {"mu": updates, "nu": updates}
+
+
+class _StateDtypeDrift(gradtx.GradientTransformation):
+    name = "state_dtype_drift"
+
+    def init(self, params):
+        return {"mu": jax.tree_util.tree_map(jnp.zeros_like, params)}
+
+    def update(self, updates, state, params=None, **extra):
+        f32 = lambda x: x.astype(jnp.float32)  # noqa: E731
+        mu = jax.tree_util.tree_map(lambda m, g: 0.9 * f32(m) + f32(g), state["mu"], updates)
+        out = jax.tree_util.tree_map(lambda m, g: (-0.1 * m).astype(g.dtype), mu, updates)
+        return out, {"mu": mu}
+
+
+class _WrongUpdateDtype(gradtx.GradientTransformation):
+    name = "wrong_update_dtype"
+
+    def init(self, params):
+        return ()
+
+    def update(self, updates, state, params=None, **extra):
+        return jax.tree_util.tree_map(lambda g: -0.1 * g.astype(jnp.float32), updates), state
+
+
+class _OverflowsFloat16(gradtx.GradientTransformation):
+    name = "overflows_float16"
+
+    def init(self, params):
+        return ()
+
+    def update(self, updates, state, params=None, **extra):
+        return jax.tree_util.tree_map(lambda g: g * 1e5, updates), state
+
+
+class _FailsOnShapeDtypeStruct(gradtx.GradientTransformation):
+    name = "fails_on_abstract"
+
+    def init(self, params):
+        return {"mu": jax.tree_util.tree_map(lambda p: jnp.asarray(np.zeros_like(p)), params)}
+
+    def update(self, updates, state, params=None, **extra):
+        return _sgd(updates), state
+
+
+class _LosesSharding(gradtx.GradientTransformation):
+    name = "loses_sharding"
+
+    def init(self, params):  # zeros(shape) instead of zeros_like(p): placed on one device
+        return {"mu": jax.tree_util.tree_map(lambda p: jnp.zeros(p.shape, p.dtype), params)}
+
+    def update(self, updates, state, params=None, **extra):
+        mu = jax.tree_util.tree_map(lambda m, g: 0.9 * m + g, state["mu"], updates)
+        return _sgd(mu), {"mu": mu}
+
+
+class _DropsNoneLeaves(gradtx.GradientTransformation):
+    name = "drops_none_leaves"
+
+    def init(self, params):
+        return ()
+
+    def update(self, updates, state, params=None, **extra):
+        check = gradtx.sgd(0.1)  # let gradtx validate the trees ...
+        u, _ = check.update(updates, check.init(params), params)
+
+        def drop(t):  # ... then lose the None leaves of dicts
+            if isinstance(t, dict):
+                return {k: drop(v) for k, v in t.items() if v is not None}
+            return t
+
+        return drop(u), state
+
+
+class _BareMomentum(gradtx.GradientTransformation):
+    """Zips gradients with its state with ``jax.tree.map``: a mismatch is jax's anonymous error."""
+
+    name = "bare_momentum"
+
+    def init(self, params):
+        return {"mu": jax.tree_util.tree_map(jnp.zeros_like, params)}
+
+    def update(self, updates, state, params=None, **extra):
+        mu = jax.tree_util.tree_map(lambda m, g: 0.9 * m + g, state["mu"], updates)
+        return _sgd(mu), {"mu": mu}
+
+
+class _IgnoresMismatch(gradtx.GradientTransformation):
+    name = "ignores_mismatch"
+
+    def init(self, params):
+        return ()
+
+    def update(self, updates, state, params=None, **extra):
+        return _sgd(updates), state  # never compares updates with params
+
+
+class _CrashesOnExtras(gradtx.GradientTransformation):
+    name = "crashes_on_extras"
+
+    def init(self, params):
+        return ()
+
+    def update(self, updates, state, params=None):  # no **extra
+        return _sgd(updates), state
+
+
+class _UncheckedRequirement(gradtx.GradientTransformation):
+    name = "unchecked_requirement"
+    requires = ("loss",)
+
+    def init(self, params):
+        return ()
+
+    def update(self, updates, state, params=None, **extra):
+        loss = extra["loss"]  # a bare KeyError when missing
+        return jax.tree_util.tree_map(lambda g: -loss * g, updates), state
+
+
+def _host_negate(x):
+    return np.negative(x)
+
+
+class _CallbackWithoutVmap(gradtx.GradientTransformation):
+    name = "callback_without_vmap"
+
+    def init(self, params):
+        return ()
+
+    def update(self, updates, state, params=None, **extra):
+        def neg(g):
+            return jax.pure_callback(_host_negate, jax.ShapeDtypeStruct(g.shape, g.dtype), g)
+
+        return jax.tree_util.tree_map(neg, updates), state
+
+
+def _host_center(x):
+    return (x - x.mean()).astype(x.dtype)  # sees the whole batch under vmap
+
+
+class _BatchLeak(gradtx.GradientTransformation):
+    name = "batch_leak"
+
+    def init(self, params):
+        return ()
+
+    def update(self, updates, state, params=None, **extra):
+        def center(g):
+            out = jax.ShapeDtypeStruct(g.shape, g.dtype)
+            return jax.pure_callback(_host_center, out, g, vmap_method="broadcast_all")
+
+        return jax.tree_util.tree_map(center, updates), state
+
+
+BAD = [
+    # (transformation, checks to run, kwargs, failing check, message pattern)
+    (
+        _RetracesEveryStep(),
+        ["jit"],
+        {},
+        "jit",
+        r"update retraced at step 2 \(traced 2 times\): the tree structure of the one to step 2",
+    ),
+    (
+        _HyperInStaticData(0.1),
+        ["jit"],
+        {},
+        "jit.hyperparameters",
+        r"changing a hyperparameter value retraced update: the tree structure .*lr=0\.05",
+    ),
+    (
+        _HyperAsPythonNumber(),
+        ["jit"],
+        {},
+        "jit",
+        r"update under jax.jit raised ConcretizationTypeError",
+    ),
+    (
+        _CountWeakType(),
+        ["jit"],
+        {},
+        "jit",
+        r"update retraced at step 2 .*at \['count'\], the state given to step 1 is weak int32\[\] "
+        r"but the one to step 2 is int32\[\]",
+    ),
+    (
+        _CountWeakType(),
+        ["stability"],
+        {},
+        "stability",
+        r"at \['count'\], the state from init is weak int32\[\] but the state after one update "
+        r"is int32\[\]",
+    ),
+    (
+        _StateGrows(),
+        ["stability"],
+        {},
+        "stability",
+        r"the tree structure of the state after one update differs from the state from init: "
+        r"unexpected \['nu'\]",
+    ),
+    (
+        _StateDtypeDrift(),
+        ["dtypes"],
+        {},
+        "dtypes.float16",
+        r"the state after update 1: leaf \['mu'\]\['b'\] has dtype float32 with float16 params",
+    ),
+    (
+        _WrongUpdateDtype(),
+        ["dtypes"],
+        {},
+        "dtypes.float16",
+        r"update 1 at \['b'\] is float32\[8\] for a float16 param; updates must come back in",
+    ),
+    (
+        _OverflowsFloat16(),
+        ["dtypes"],
+        {},
+        "dtypes.float16",
+        r"finite float16 gradients gave a non-finite update at \['b'\] after update 1",
+    ),
+    (
+        _FailsOnShapeDtypeStruct(),
+        ["abstract_init"],
+        {},
+        "abstract_init",
+        r"jax.eval_shape\(tx.init, <ShapeDtypeStruct params>\) raised TracerArrayConversionError",
+    ),
+    (
+        _LosesSharding(),
+        ["sharding"],
+        {},
+        "sharding.auto",
+        r"after eager init, the state leaf \['mu'\]\['b'\] \[8\] has sharding "
+        r"SingleDeviceSharding on \{CpuDevice\(id=0\)\} but its param has "
+        r"NamedSharding\(P\('kit',\)\) over mesh \{'kit': 8\}",
+    ),
+    (
+        _DropsNoneLeaves(),
+        ["structure"],
+        {},
+        "structure",
+        r"on the structure zoo: the tree structure of the updates differs from the gradients: "
+        r"missing \['kit_none'\]",
+    ),
+    (
+        _BareMomentum(),
+        ["structure"],
+        {},
+        "structure.errors",
+        r"update with an unexpected gradient key raised ValueError, but its message does not name "
+        r"the transformation 'bare_momentum'",
+    ),
+    (
+        _IgnoresMismatch(),
+        ["structure"],
+        {},
+        "structure.errors",
+        r"update with an unexpected gradient key did not raise",
+    ),
+    (
+        _CrashesOnExtras(),
+        ["extra_args"],
+        {},
+        "extra_args",
+        r"update with unknown keyword arguments added raised TypeError: .*unexpected keyword",
+    ),
+    (
+        _UncheckedRequirement(),
+        ["extra_args"],
+        {"extra_args": {"loss": jnp.float32(1.0)}},
+        "extra_args",
+        r"update without the required argument 'loss' raised KeyError whose message does not "
+        r"name the transformation 'unchecked_requirement'",
+    ),
+    (
+        _CallbackWithoutVmap(),
+        ["vmap"],
+        {},
+        "vmap.params",
+        r"jax.vmap over a batch of params and gradients raised NotImplementedError",
+    ),
+    (
+        _BatchLeak(),
+        ["vmap"],
+        {},
+        "vmap.params",
+        r"vmapped over params vs separate runs: at \[0\]\['b'\] values differ",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    "tx, checks, kwargs, check, pattern",
+    BAD,
+    ids=[f"{b[0].name}-{b[3]}" for b in BAD],
+)
+def test_bad_transformation_is_caught(tx, checks, kwargs, check, pattern):
+    with pytest.raises(CheckFailure) as info:
+        check_transformation(tx, checks=checks, **kwargs)
+    assert info.value.check == check, str(info.value)
+    assert re.search(pattern, info.value.reason), info.value.reason
+    assert str(info.value).startswith(f"{tx.name} failed check {check!r}: ")
+
+
+def test_every_check_has_a_bad_transformation():
+    caught = {b[3].split(".")[0] for b in BAD}
+    assert caught == set(CHECKS)
+
+
+# --- the parts of the kit used alone --------------------------------------------------------------
+
+
+def test_structure_check_on_a_user_tree_only():
+    params = {"a": [jnp.ones(2), None], "b": ()}
+    report = check_structure(gradtx.adam(1e-3), params, zoo=False)
+    assert "structure" in report.passed
+    assert "zoo=False" in report.skipped["structure.errors"]
+
+
+def test_params_default_and_explicit_dtypes():
+    report = check_transformation(
+        gradtx.adam(1e-3), default_params(), checks=["dtypes"], dtypes=["bfloat16"]
+    )
+    assert list(report.passed) == ["dtypes.bfloat16", "dtypes"]
+
+
+def test_explicit_mesh_argument():
+    mesh = jax.make_mesh((2, 4), ("a", "b"))
+    params = {"w": jnp.ones((4, 8)), "v": jnp.ones(3)}
+    report = check_sharding(gradtx.adamw(1e-3), params, mesh=mesh)
+    assert "{'a': 2, 'b': 4}" in report.passed["sharding"]
+
+
+def test_float64_is_scoped():
+    check_transformation(gradtx.sgd(0.1), checks=["dtypes"], dtypes=["float64"])
+    assert not jax.config.jax_enable_x64
+    assert jnp.zeros(1).dtype == jnp.float32
