@@ -1,0 +1,105 @@
+"""The documentation: every public name is in the API reference, and the guides' code runs.
+
+The API reference is ``docs/api/*.md``, one ``::: gradtx.name`` (mkdocstrings) line per
+documented object. The site itself is built by ``mkdocs build --strict`` in ``.ci/run``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import pkgutil
+import re
+import tempfile
+from pathlib import Path
+
+import pytest
+
+import gradtx
+import gradtx.schedules
+
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+DIRECTIVE = re.compile(r"^:::\s+(gradtx(?:\.\w+)*)\s*$", re.M)
+
+
+def _documented() -> set[str]:
+    found: set[str] = set()
+    for page in sorted((DOCS / "api").glob("*.md")):
+        found |= set(DIRECTIVE.findall(page.read_text(encoding="utf-8")))
+    return found
+
+
+def _public_submodules() -> list[str]:
+    return sorted(
+        m.name for m in pkgutil.iter_modules(gradtx.__path__) if not m.name.startswith("_")
+    )
+
+
+def _public_names(module) -> list[str]:
+    return sorted(
+        name
+        for name in dir(module)
+        if not name.startswith("_") and not inspect.ismodule(getattr(module, name))
+    )
+
+
+def test_api_pages_exist():
+    assert (DOCS / "api").is_dir()
+    assert _documented(), "no '::: gradtx.…' lines in docs/api/*.md"
+
+
+@pytest.mark.parametrize("module_name", ["gradtx", "gradtx.schedules"])
+def test_every_public_name_is_in_the_api_reference(module_name):
+    module = importlib.import_module(module_name)
+    documented = _documented()
+    missing = [n for n in _public_names(module) if f"{module_name}.{n}" not in documented]
+    assert not missing, (
+        f"public names of {module_name} missing from docs/api/*.md (add a "
+        f"'::: {module_name}.<name>' line): {missing}"
+    )
+
+
+def test_every_public_submodule_is_in_the_api_reference():
+    documented = _documented()
+    missing = [m for m in _public_submodules() if f"gradtx.{m}" not in documented]
+    assert not missing, f"submodules missing from docs/api/*.md ('::: gradtx.<module>'): {missing}"
+
+
+def test_api_reference_has_no_stale_entries():
+    stale = []
+    for target in sorted(_documented()):
+        parts = target.split(".")
+        obj, i = None, len(parts)
+        while i > 0:  # the longest importable prefix, then attributes
+            try:
+                obj = importlib.import_module(".".join(parts[:i]))
+                break
+            except ImportError:
+                i -= 1
+        try:
+            for attr in parts[i:]:
+                obj = getattr(obj, attr)
+        except AttributeError:
+            stale.append(target)
+    assert not stale, f"docs/api/*.md documents names that do not exist: {stale}"
+
+
+def _python_blocks(page: str) -> list[str]:
+    return re.findall(r"^```python\n(.*?)^```", (DOCS / page).read_text("utf-8"), re.S | re.M)
+
+
+@pytest.mark.parametrize(
+    ("page", "needs"),
+    [("index.md", ()), ("interop.md", ("flax", "optax", "orbax.checkpoint"))],
+)
+def test_guide_code_runs(page, needs, tmp_path, monkeypatch, capsys):
+    """The page's Python blocks, run in order in one namespace (as a reader would)."""
+    for module in needs:
+        pytest.importorskip(module)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # checkpoints go to tmp_path
+    blocks = _python_blocks(page)
+    assert blocks, page
+    namespace: dict = {"__name__": f"docs_{page[:-3]}"}
+    for i, code in enumerate(blocks):
+        exec(compile(code, f"docs/{page}:block{i}", "exec"), namespace)  # noqa: S102
+    capsys.readouterr()
