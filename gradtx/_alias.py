@@ -79,8 +79,10 @@ def sign_sgd(learning_rate: Schedule) -> Optimizer:
       >>> updates, state = tx.update({"w": jnp.array([0.5, -0.5])}, tx.init(params), params)
       >>> updates["w"].dtype
       dtype('float32')
-      >>> tx.describe()["g"], tx.describe()["sigma"]
-      ('Sign(...): sign(g)', 'none (identity)')
+      >>> tx.describe()["g"]
+      'Sign(...): sign(g)'
+      >>> tx.describe()["sigma"]
+      'none (identity)'
 
     References:
       Bernstein et al., *signSGD: Compressed Optimisation for Non-Convex Problems*, ICML 2018.
@@ -119,8 +121,10 @@ def adagrad(
       >>> updates, state = tx.update({"w": jnp.array([0.5, -0.5])}, tx.init(params), params)
       >>> updates["w"].dtype
       dtype('float32')
-      >>> tx.describe()["g"], tx.describe()["sigma"]
-      ('none (identity)', 'AdagradScale(...): σ = √(Σ g²) + ε (Adagrad)')
+      >>> tx.describe()["g"]
+      'none (identity)'
+      >>> tx.describe()["sigma"]
+      'AdagradScale(...): σ = √(Σ g²) + ε (Adagrad)'
 
     References:
       Duchi, Hazan & Singer, JMLR 2011.
@@ -164,8 +168,10 @@ def rmsprop(
       >>> updates, state = tx.update({"w": jnp.array([0.5, -0.5])}, tx.init(params), params)
       >>> updates["w"].dtype
       dtype('float32')
-      >>> tx.describe()["g"], tx.describe()["sigma"]
-      ('none (identity)', 'RMSPropScale(...): σ = √(EMA of g²) + ε (RMSProp)')
+      >>> tx.describe()["g"]
+      'none (identity)'
+      >>> tx.describe()["sigma"]
+      'RMSPropScale(...): σ = √(EMA of g²) + ε (RMSProp)'
 
     References:
       Tieleman & Hinton, Coursera lecture 6.5, 2012. Graves, 2013 (centred).
@@ -196,8 +202,10 @@ def adadelta(
       >>> updates, state = tx.update({"w": jnp.array([0.5, -0.5])}, tx.init(params), params)
       >>> updates["w"].dtype
       dtype('float32')
-      >>> tx.describe()["g"], tx.describe()["sigma"]
-      ('none (identity)', 'AdadeltaScale(...): σ = √(EMA g² + ε) / √(EMA Δ² + ε) (Adadelta)')
+      >>> tx.describe()["g"]
+      'none (identity)'
+      >>> tx.describe()["sigma"]
+      'AdadeltaScale(...): σ = √(EMA g² + ε) / √(EMA Δ² + ε) (Adadelta)'
 
     References:
       Zeiler, *ADADELTA: An Adaptive Learning Rate Method*, 2012.
@@ -261,7 +269,7 @@ def adam(
       https://arxiv.org/abs/1412.6980
     """
     name = "nadam" if nesterov else "adam"
-    with naming(name):
+    with naming(name, decay="b1"):
         return optimizer(
             _adam_direction(b1, nesterov), AdamScale(b2, eps, eps_root), learning_rate, name=name
         )
@@ -301,14 +309,16 @@ def adamw(
       >>> updates, state = tx.update({"w": jnp.array([0.5, -0.5])}, tx.init(params), params)
       >>> updates["w"].dtype
       dtype('float32')
-      >>> tx.describe()["g"], tx.describe()["sigma"]
-      ('Ema(...): EMA of gradients m = β1·m + (1−β1)·g', 'AdamScale(...): σ = √(v̂) + ε, v = EMA of g² (Adam)')
+      >>> tx.describe()["g"]
+      'Ema(...): EMA of gradients m = β1·m + (1−β1)·g'
+      >>> tx.describe()["sigma"]
+      'AdamScale(...): σ = √(v̂) + ε, v = EMA of g² (Adam)'
 
     References:
       Loshchilov & Hutter, *Decoupled Weight Decay Regularization*, ICLR 2019.
     """
     name = "nadamw" if nesterov else "adamw"
-    with naming(name):
+    with naming(name, decay="b1"):
         return optimizer(
             _adam_direction(b1, nesterov),
             AdamScale(b2, eps, eps_root),
@@ -333,11 +343,12 @@ def nadam(
         {\sqrt{v_t/(1-\beta_2^t) + \epsilon_{root}} + \epsilon}
 
     Knobs: g = Nesterov EMA, σ = Adam, η = ``learning_rate``. Equals ``optax.nadam`` and
-    ``torch.optim.NAdam(momentum_decay=0)``.
+    ``torch.optim.NAdam(momentum_decay=1e9)``.
 
     Warning:
       PyTorch's default ``momentum_decay=4e-3`` also warms β1 up (Dozat's μ_t schedule); gradtx
-      keeps β1 constant, like optax.
+      keeps β1 constant, like optax. PyTorch's μ_t = β1·(1 − ½·0.96^(t·momentum_decay)) is β1
+      only for a huge ``momentum_decay``; ``momentum_decay=0`` gives β1/2, not β1.
 
     Example:
       >>> import gradtx, jax.numpy as jnp
@@ -346,8 +357,10 @@ def nadam(
       >>> updates, state = tx.update({"w": jnp.array([0.5, -0.5])}, tx.init(params), params)
       >>> updates["w"].dtype
       dtype('float32')
-      >>> tx.describe()["g"], tx.describe()["sigma"]
-      ('NesterovEma(...): Nesterov EMA (NAdam) d = β1·m̂_{t+1} + (1−β1)·ĝ_t', 'AdamScale(...): σ = √(v̂) + ε, v = EMA of g² (Adam)')
+      >>> tx.describe()["g"]
+      'NesterovEma(...): Nesterov EMA (NAdam) d = β1·m̂_{t+1} + (1−β1)·ĝ_t'
+      >>> tx.describe()["sigma"]
+      'AdamScale(...): σ = √(v̂) + ε, v = EMA of g² (Adam)'
 
     References:
       Dozat, *Incorporating Nesterov Momentum into Adam*, ICLR 2016 workshop.
@@ -368,7 +381,7 @@ def nadamw(
 
     Knobs: g = Nesterov EMA, σ = Adam, after = decoupled weight decay, η = ``learning_rate``.
     Equals ``optax.nadamw`` and ``torch.optim.NAdam(decoupled_weight_decay=True,
-    momentum_decay=0)``.
+    momentum_decay=1e9)`` (see :func:`nadam`'s Warning).
 
     Example:
       >>> import gradtx, jax.numpy as jnp
@@ -377,8 +390,10 @@ def nadamw(
       >>> updates, state = tx.update({"w": jnp.array([0.5, -0.5])}, tx.init(params), params)
       >>> updates["w"].dtype
       dtype('float32')
-      >>> tx.describe()["g"], tx.describe()["sigma"]
-      ('NesterovEma(...): Nesterov EMA (NAdam) d = β1·m̂_{t+1} + (1−β1)·ĝ_t', 'AdamScale(...): σ = √(v̂) + ε, v = EMA of g² (Adam)')
+      >>> tx.describe()["g"]
+      'NesterovEma(...): Nesterov EMA (NAdam) d = β1·m̂_{t+1} + (1−β1)·ĝ_t'
+      >>> tx.describe()["sigma"]
+      'AdamScale(...): σ = √(v̂) + ε, v = EMA of g² (Adam)'
     """
     return adamw(learning_rate, b1, b2, eps, eps_root, weight_decay, mask, nesterov=True)
 
@@ -389,13 +404,11 @@ def adamax(
     r"""Adamax: Adam with an infinity norm in place of the second moment.
 
     .. math::
-        u_t = \max(\beta_2 u_{t-1}, |g_t|), \qquad
-        \theta_t = \theta_{t-1} - \eta_t\, \frac{m_t / (1-\beta_1^t)}{u_t + \epsilon}
+        u_t = \max(\beta_2 u_{t-1}, |g_t| + \epsilon), \qquad
+        \theta_t = \theta_{t-1} - \eta_t\, \frac{m_t / (1-\beta_1^t)}{u_t}
 
-    Knobs: g = EMA (debiased), σ = Adamax, η = ``learning_rate``. Equals ``optax.adamax``.
-
-    Warning:
-      ``torch.optim.Adamax`` uses ``max(β2·u, |g| + ε)`` (ε inside the maximum).
+    Knobs: g = EMA (debiased), σ = Adamax, η = ``learning_rate``. Equals ``optax.adamax`` and
+    ``torch.optim.Adamax`` (ε inside the maximum; the paper has no ε).
 
     Example:
       >>> import gradtx, jax.numpy as jnp
@@ -404,13 +417,15 @@ def adamax(
       >>> updates, state = tx.update({"w": jnp.array([0.5, -0.5])}, tx.init(params), params)
       >>> updates["w"].dtype
       dtype('float32')
-      >>> tx.describe()["g"], tx.describe()["sigma"]
-      ('Ema(...): EMA of gradients m = β1·m + (1−β1)·g', 'AdamaxScale(...): σ = max(β2·u, |g|) + ε (Adamax)')
+      >>> tx.describe()["g"]
+      'Ema(...): EMA of gradients m = β1·m + (1−β1)·g'
+      >>> tx.describe()["sigma"]
+      'AdamaxScale(...): σ = max(β2·u, |g| + ε) (Adamax)'
 
     References:
       Kingma & Ba, ICLR 2015, section 7.1.
     """
-    with naming("adamax"):
+    with naming("adamax", decay="b1"):
         return optimizer(Ema(b1), AdamaxScale(b2, eps), learning_rate, name="adamax")
 
 
@@ -442,11 +457,13 @@ def amsgrad(
       >>> updates, state = tx.update({"w": jnp.array([0.5, -0.5])}, tx.init(params), params)
       >>> updates["w"].dtype
       dtype('float32')
-      >>> tx.describe()["g"], tx.describe()["sigma"]
-      ('Ema(...): EMA of gradients m = β1·m + (1−β1)·g', 'AmsgradScale(...): σ = √(max_t v̂) + ε (AMSGrad)')
+      >>> tx.describe()["g"]
+      'Ema(...): EMA of gradients m = β1·m + (1−β1)·g'
+      >>> tx.describe()["sigma"]
+      'AmsgradScale(...): σ = √(max_t v̂) + ε (AMSGrad)'
 
     References:
       Reddi, Kale & Kumar, *On the Convergence of Adam and Beyond*, ICLR 2018.
     """
-    with naming("amsgrad"):
+    with naming("amsgrad", decay="b1"):
         return optimizer(Ema(b1), AmsgradScale(b2, eps, eps_root), learning_rate, name="amsgrad")

@@ -38,13 +38,15 @@ def adabelief(
       >>> updates, state = tx.update({"w": jnp.array([0.5, -0.5])}, tx.init(params), params)
       >>> updates["w"].dtype
       dtype('float32')
-      >>> tx.describe()["g"], tx.describe()["sigma"]
-      ('Ema(...): EMA of gradients m = β1·m + (1−β1)·g', 'AdaBeliefScale(...): σ = √(EMA of (g − m)²) + ε (AdaBelief)')
+      >>> tx.describe()["g"]
+      'Ema(...): EMA of gradients m = β1·m + (1−β1)·g'
+      >>> tx.describe()["sigma"]
+      'AdaBeliefScale(...): σ = √(EMA of (g − m)²) + ε (AdaBelief)'
 
     References:
       Zhuang et al., NeurIPS 2020. https://arxiv.org/abs/2010.07468
     """
-    with naming("adabelief"):
+    with naming("adabelief", decay="b1"):
         return optimizer(
             Ema(b1), AdaBeliefScale(b2, eps, eps_root), learning_rate, name="adabelief"
         )
@@ -75,13 +77,15 @@ def yogi(
       >>> updates, state = tx.update({"w": jnp.array([0.5, -0.5])}, tx.init(params), params)
       >>> updates["w"].dtype
       dtype('float32')
-      >>> tx.describe()["g"], tx.describe()["sigma"]
-      ('Ema(...): EMA of gradients m = β1·m + (1−β1)·g', 'YogiScale(...): σ = √(v̂) + ε, v −= (1−β2)·sign(v − g²)·g² (Yogi)')
+      >>> tx.describe()["g"]
+      'Ema(...): EMA of gradients m = β1·m + (1−β1)·g'
+      >>> tx.describe()["sigma"]
+      'YogiScale(...): σ = √(v̂) + ε, v −= (1−β2)·sign(v − g²)·g² (Yogi)'
 
     References:
       Zaheer et al., *Adaptive Methods for Nonconvex Optimization*, NeurIPS 2018.
     """
-    with naming("yogi"):
+    with naming("yogi", decay="b1"):
         scale = YogiScale(b2, eps, 0.0, initial_accumulator_value)
         return optimizer(Ema(b1), scale, learning_rate, name="yogi")
 
@@ -114,13 +118,15 @@ def radam(
       >>> updates, state = tx.update({"w": jnp.array([0.5, -0.5])}, tx.init(params), params)
       >>> updates["w"].dtype
       dtype('float32')
-      >>> tx.describe()["g"], tx.describe()["sigma"]
-      ('Ema(...): EMA of gradients m = β1·m + (1−β1)·g', 'RAdamScale(...): σ = √(v̂)/r_t + ε once ρ_t > threshold, else 1 (RAdam)')
+      >>> tx.describe()["g"]
+      'Ema(...): EMA of gradients m = β1·m + (1−β1)·g'
+      >>> tx.describe()["sigma"]
+      'RAdamScale(...): σ = √(v̂)/r_t + ε once ρ_t > threshold, else 1 (RAdam)'
 
     References:
       Liu et al., ICLR 2020. https://arxiv.org/abs/1908.03265
     """
-    with naming("radam"):
+    with naming("radam", decay="b1"):
         scale = RAdamScale(b2, eps, eps_root, threshold)
         return optimizer(Ema(b1), scale, learning_rate, name="radam")
 
@@ -149,8 +155,10 @@ def lion(
       >>> updates, state = tx.update({"w": jnp.array([0.5, -0.5])}, tx.init(params), params)
       >>> updates["w"].dtype
       dtype('float32')
-      >>> tx.describe()["g"], tx.describe()["sigma"]
-      ('Lion(...): sign(β1·m + (1−β1)·g), m = β2·m + (1−β2)·g', 'none (identity)')
+      >>> tx.describe()["g"]
+      'Lion(...): sign(β1·m + (1−β1)·g), m = β2·m + (1−β2)·g'
+      >>> tx.describe()["sigma"]
+      'none (identity)'
 
     References:
       Chen et al., *Symbolic Discovery of Optimization Algorithms*, 2023.
@@ -178,6 +186,11 @@ def lamb(
     (ratio 1 when either norm is 0). Knobs: g = EMA (debiased), σ = Adam, after = weight decay
     and trust ratio, η = ``learning_rate``. Equals ``optax.lamb``.
 
+    Warning:
+      ``mask`` excludes a leaf from the trust ratio as well as from the weight decay (as
+      TensorFlow Addons' LAMB does by default); ``optax.lamb``'s mask only selects the decayed
+      leaves. Without a mask the two agree.
+
     Example:
       >>> import gradtx, jax.numpy as jnp
       >>> tx = gradtx.lamb(1e-3)
@@ -185,13 +198,15 @@ def lamb(
       >>> updates, state = tx.update({"w": jnp.array([0.5, -0.5])}, tx.init(params), params)
       >>> updates["w"].dtype
       dtype('float32')
-      >>> tx.describe()["g"], tx.describe()["sigma"]
-      ('Ema(...): EMA of gradients m = β1·m + (1−β1)·g', 'AdamScale(...): σ = √(v̂) + ε, v = EMA of g² (Adam)')
+      >>> tx.describe()["g"]
+      'Ema(...): EMA of gradients m = β1·m + (1−β1)·g'
+      >>> tx.describe()["sigma"]
+      'AdamScale(...): σ = √(v̂) + ε, v = EMA of g² (Adam)'
 
     References:
       You et al., *Large Batch Optimization for Deep Learning*, ICLR 2020.
     """
-    with naming("lamb"):
+    with naming("lamb", decay="b1"):
         after = (AddDecayedWeights(weight_decay, mask), ScaleByTrustRatio(mask=mask))
         return optimizer(
             Ema(b1), AdamScale(b2, eps, eps_root), learning_rate, after=after, name="lamb"
@@ -228,8 +243,10 @@ def lars(
       >>> updates, state = tx.update({"w": jnp.array([0.5, -0.5])}, tx.init(params), params)
       >>> updates["w"].dtype
       dtype('float32')
-      >>> tx.describe()["g"], tx.describe()["sigma"]
-      ('Momentum(...): heavy-ball momentum m = μ·m + g', 'none (identity)')
+      >>> tx.describe()["g"]
+      'Momentum(...): heavy-ball momentum m = μ·m + g'
+      >>> tx.describe()["sigma"]
+      'none (identity)'
 
     References:
       You, Gitman & Ginsburg, *Large Batch Training of Convolutional Networks*, 2017.
@@ -282,13 +299,15 @@ def adafactor(
       >>> updates, state = tx.update({"w": jnp.array([0.5, -0.5])}, tx.init(params), params)
       >>> updates["w"].dtype
       dtype('float32')
-      >>> tx.describe()["g"], tx.describe()["sigma"]
-      ('none (identity)', 'FactoredScale(...): σ = √(factored EMA of g²), clipped by block RMS, × RMS(θ) (Adafactor)')
+      >>> tx.describe()["g"]
+      'none (identity)'
+      >>> tx.describe()["sigma"]
+      'FactoredScale(...): σ = √(factored EMA of g²), clipped by block RMS, × RMS(θ) (Adafactor)'
 
     References:
       Shazeer & Stern, ICML 2018. https://arxiv.org/abs/1804.04235
     """
-    with naming("adafactor"):
+    with naming("adafactor", decay="momentum"):
         scale = FactoredScale(
             decay_rate,
             decay_offset,
