@@ -29,6 +29,8 @@ from ._base import Stage as Stage
 from ._base import apply_updates as apply_updates
 from ._chain import Chain as Chain
 from ._chain import chain as chain
+from ._checkpoint import register_flax_serialization as register_flax_serialization
+from ._checkpoint import register_if_flax_loaded as _register_if_flax_loaded
 from ._clipping import adaptive_grad_clip as adaptive_grad_clip
 from ._clipping import clip as clip
 from ._clipping import clip_by_block_rms as clip_by_block_rms
@@ -50,6 +52,11 @@ from ._knobs import Knobs as Knobs
 from ._knobs import Scale as Scale
 from ._optimizer import Optimizer as Optimizer
 from ._optimizer import optimizer as optimizer
+from ._packing import DEFAULT_THRESHOLD as DEFAULT_THRESHOLD
+from ._packing import Layout as Layout
+from ._packing import Packed as Packed
+from ._packing import pack as pack
+from ._packing import unpack as unpack
 from ._scale import AdagradScale as AdagradScale
 from ._scale import AdamaxScale as AdamaxScale
 from ._scale import AdamScale as AdamScale
@@ -65,3 +72,5 @@ from ._struct import static as static
 from ._tree import TransformError as TransformError
 
 __version__ = "0.1.0"
+
+_register_if_flax_loaded()  # State with flax.serialization, if flax is imported already

@@ -81,7 +81,7 @@ class FactoredScale(Scale):
         return {"v_row": row, "v_col": col, "v": dummy}
 
     def step(self, g, m, slots, param, ctx: Context):
-        t = ctx.t - self.decay_offset
+        t = jnp.maximum(ctx.t - self.decay_offset, 1)  # no NaN before the offset is reached
         beta = 1 - t ** (-self.decay_rate)
         sq = g * g + self.eps
         dims = factored_dims(g.shape, self.factored, self.min_dim_size_to_factor)

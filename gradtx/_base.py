@@ -22,6 +22,8 @@ from typing import Any, ClassVar
 import jax
 import jax.numpy as jnp
 
+from ._packed_tx import init_pieces, update_pieces
+from ._packing import flat_segments, logical_tree, packed_mask
 from ._state import State
 from ._struct import FrozenTree, Struct, has_schedule, resolve
 from ._tree import TransformError, check_float_leaves, check_structure, flatten, path_str
@@ -32,6 +34,7 @@ __all__ = [
     "Context",
     "apply_updates",
     "increment",
+    "one_minus_pow",
     "INT32_MAX",
 ]
 
@@ -58,13 +61,14 @@ class GradientTransformation(Struct):
 class Context:
     """What a per-array rule may read besides its own array: the step and global values.
 
+    Besides the attributes below, every value returned by the stage's :meth:`Stage.prepare`
+    (e.g. a global norm) is an attribute, in the rule's compute dtype.
+
     Attributes:
       step: int32 number of updates already applied (0 at the first update), or ``None`` when
         the stage keeps no counter.
       t: ``step + 1`` as a float in the rule's compute dtype (for bias corrections), or ``None``.
       extra: the keyword arguments given to ``update``.
-      Any value returned by the stage's :meth:`Stage.prepare` (e.g. a global norm), in the rule's
-      compute dtype.
     """
 
     def __init__(self, step: Any, t: Any, values: Mapping[str, Any], extra: Mapping[str, Any]):
@@ -89,6 +93,11 @@ class Stage(GradientTransformation):
     needs_params: ClassVar[bool] = False
     #: Keyword arguments ``update`` must be given (e.g. ``("value",)`` for a loss value).
     requires: ClassVar[tuple[str, ...]] = ()
+    #: The rule maps element ``i`` of ``g``, of each slot and of ``param`` to element ``i`` of
+    #: its outputs alone (slots shaped like the array; global values read as scalars from
+    #: ``prepare``). Such a rule runs once on a whole packed buffer; any other rule runs on
+    #: each leaf's view of the buffer (see :mod:`gradtx._packed_tx`). ``False`` is always safe.
+    elementwise: ClassVar[bool] = False
 
     # --- the rule for one array ---------------------------------------------------------------
     def init_leaf(self, param: jax.Array) -> dict[str, jax.Array]:
@@ -122,7 +131,14 @@ class Stage(GradientTransformation):
         return mask
 
     # --- the lifting to pytrees ---------------------------------------------------------------
-    def _mask_leaves(self, ref: Any, n: int) -> list[bool]:
+    def _mask_leaves(self, ref: Any, n: int) -> list[Any]:
+        """Per flat leaf: ``True``/``False``, or for a packed buffer that mixes masked-in and
+        masked-out leaves a tuple of one bool per leaf it holds."""
+        if flat_segments(ref) is not None:  # packed: the mask is of the original tree
+            if getattr(self, "mask", None) is None:
+                return [True] * n
+            logical = logical_tree(ref)
+            return packed_mask(ref, self._mask_leaves(logical, len(flatten(logical)[0])))
         mask = self.leaf_mask(ref)
         if mask is None:
             return [True] * n
@@ -140,12 +156,17 @@ class Stage(GradientTransformation):
         check_float_leaves(self.name, "params", params)
         leaves, treedef = flatten(params)
         active = self._mask_leaves(params, len(leaves))
+        segs = flat_segments(params)
         per_leaf = []
-        for (path, p), on in zip(leaves, active):
-            if p is None or not on:
+        for i, ((path, p), on) in enumerate(zip(leaves, active)):
+            if p is None or on is False:
                 per_leaf.append(None)
                 continue
-            slots = self.init_leaf(p)
+            seg = segs[i] if segs is not None else None
+            if seg is not None and not (self.elementwise and on is True):
+                slots = init_pieces(self, p, seg, on)
+            else:
+                slots = self.init_leaf(p)
             if set(slots) != set(self.slots):
                 raise TypeError(
                     f"gradtx.{self.name}: init_leaf returned slots {sorted(slots)} at "
@@ -192,6 +213,7 @@ class Stage(GradientTransformation):
             slot_leaves[s] = [v for _, v in s_leaves]
         param_leaves = [v for _, v in flatten(params)[0]] if params is not None else [None] * n
         active = self._mask_leaves(params if params is not None else updates, n)
+        segs = flat_segments(updates)
 
         step = state["count"] if self.counts else None
         hp = resolve(self, step)
@@ -202,7 +224,7 @@ class Stage(GradientTransformation):
         out, new_slots = [], {s: [] for s in self.slots}
         for i, (path, g) in enumerate(leaves):
             slots = {s: slot_leaves[s][i] for s in self.slots}
-            if g is None or not active[i]:
+            if g is None or active[i] is False:
                 out.append(g)
                 for s in self.slots:
                     new_slots[s].append(slots[s])
@@ -222,13 +244,18 @@ class Stage(GradientTransformation):
             if cdt not in cache:
                 cache[cdt] = _at_dtype(hp, step, values, extra, cdt)
             hp_c, ctx = cache[cdt]
+            args = (
+                g.astype(cdt),
+                {s: v.astype(cdt) for s, v in slots.items()},
+                None if p is None else p.astype(cdt),
+                ctx,
+            )
+            seg = segs[i] if segs is not None else None
             try:
-                u, ns = hp_c.update_leaf(
-                    g.astype(cdt),
-                    {s: v.astype(cdt) for s, v in slots.items()},
-                    None if p is None else p.astype(cdt),
-                    ctx,
-                )
+                if seg is not None and not (self.elementwise and active[i] is True):
+                    u, ns = update_pieces(hp_c, *args, seg, active[i])
+                else:
+                    u, ns = hp_c.update_leaf(*args)
             except (TypeError, ValueError) as e:
                 if type(e) not in (TypeError, ValueError) or str(e).startswith("gradtx."):
                     raise
@@ -244,6 +271,14 @@ class Stage(GradientTransformation):
         for s in self.slots:
             entries[s] = treedef.unflatten(new_slots[s])
         return treedef.unflatten(out), State(entries)
+
+
+def one_minus_pow(b: Any, t: Any) -> jax.Array:
+    """``1 - b**t`` without cancellation: ``-expm1(t·log b)`` (bias corrections with b≈1).
+
+    For b = 0.999 in float32, ``1 - b**t`` is off by up to ~7e-6 relative; this form by ~1e-7.
+    """
+    return -jnp.expm1(t * jnp.log(b))
 
 
 def compute_dtype(dtype: Any) -> Any:

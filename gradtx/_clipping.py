@@ -41,6 +41,8 @@ def global_norm(tree: Any) -> jax.Array:
 class Clip(Stage):
     r"""Clips every element to ``[-max_delta, max_delta]``: :math:`u = \mathrm{clip}(g, -d, d)`."""
 
+    elementwise = True
+
     name = "clip"
     max_delta: float = hyper(1.0, "nonnegative")
 
@@ -63,6 +65,8 @@ class ClipByGlobalNorm(Stage):
       Pascanu, Mikolov & Bengio, *On the difficulty of training recurrent neural networks*,
       ICML 2013.
     """
+
+    elementwise = True
 
     name = "clip_by_global_norm"
     max_norm: float = hyper(1.0, "positive")
@@ -98,11 +102,15 @@ class ClipByBlockRms(Stage):
 def unitwise_norm(x: jax.Array) -> jax.Array:
     """Norm per output unit: over everything for scalars and vectors, else over all but the
     last axis (flax's ``(..., in, out)`` kernels), broadcast back to ``x``'s shape."""
+    return jnp.broadcast_to(_unit_norms(x), x.shape)
+
+
+def _unit_norms(x: jax.Array) -> jax.Array:
+    """:func:`unitwise_norm` before the broadcast: a scalar, or ``x``'s shape with all but the
+    last axis of size 1 (so it broadcasts against a sharded ``x`` without resharding)."""
     if x.ndim <= 1:
-        n = jnp.sqrt(jnp.sum(x * x))
-    else:
-        n = jnp.sqrt(jnp.sum(x * x, axis=tuple(range(x.ndim - 1)), keepdims=True))
-    return jnp.broadcast_to(n, x.shape)
+        return jnp.sqrt(jnp.sum(x * x))
+    return jnp.sqrt(jnp.sum(x * x, axis=tuple(range(x.ndim - 1)), keepdims=True))
 
 
 class AdaptiveGradClip(Stage):
@@ -116,6 +124,8 @@ class AdaptiveGradClip(Stage):
 
     Warning:
       For 3-d arrays optax reduces over axis 0 only; gradtx reduces over all but the last axis.
+      optax also takes one norm over the whole array when it has a single axis longer than 1
+      (e.g. shape ``(1, n)``); gradtx keeps a unit per entry of the last axis there.
 
     References:
       Brock et al., *High-Performance Large-Scale Image Recognition Without Normalization*,
@@ -128,10 +138,11 @@ class AdaptiveGradClip(Stage):
     eps: float = hyper(1e-3, "nonnegative")
 
     def update_leaf(self, g, slots, param, ctx: Context):
-        max_norm = jnp.maximum(unitwise_norm(param), self.eps) * self.clipping
-        g_norm = unitwise_norm(g)
-        clipped = g * (max_norm / jnp.maximum(g_norm, 1e-6))
-        return jnp.where(g_norm > max_norm, clipped, g), slots
+        max_norm = jnp.maximum(_unit_norms(param), self.eps) * self.clipping
+        g_norm = _unit_norms(g)
+        # The factor is computed on the reduced norms and broadcast by the product alone.
+        factor = jnp.where(g_norm > max_norm, max_norm / jnp.maximum(g_norm, 1e-6), 1.0)
+        return g * factor, slots
 
 
 def clip(max_delta: float) -> Clip:

@@ -32,6 +32,8 @@ class AddDecayedWeights(Stage):
       https://arxiv.org/abs/1711.05101
     """
 
+    elementwise = True
+
     name = "add_decayed_weights"
     needs_params = True
     weight_decay: float = hyper(0.0, "nonnegative")

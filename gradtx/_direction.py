@@ -10,7 +10,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from ._base import Context
+from ._base import Context, one_minus_pow
 from ._knobs import Direction
 from ._struct import hyper, static
 
@@ -31,6 +31,8 @@ class Momentum(Direction):
       Sutskever et al., *On the importance of initialization and momentum in deep learning*,
       ICML 2013.
     """
+
+    elementwise = True
 
     slots = ("mu",)
     summary = "heavy-ball momentum m = μ·m + g"
@@ -55,6 +57,8 @@ class Ema(Direction):
       https://arxiv.org/abs/1412.6980
     """
 
+    elementwise = True
+
     slots = ("mu",)
     summary = "EMA of gradients m = β1·m + (1−β1)·g"
     decay: float = hyper(0.9, "unit")
@@ -66,7 +70,7 @@ class Ema(Direction):
 
     def step(self, g: jax.Array, slots: dict, ctx: Context) -> tuple[jax.Array, dict]:
         m = self.decay * slots["mu"] + (1 - self.decay) * g
-        d = m / (1 - self.decay**ctx.t) if self.debias else m
+        d = m / one_minus_pow(self.decay, ctx.t) if self.debias else m
         return d, {"mu": m}
 
 
@@ -77,12 +81,15 @@ class NesterovEma(Direction):
         m_t = \beta_1 m_{t-1} + (1-\beta_1) g_t, \qquad
         d_t = \frac{\beta_1 m_t}{1-\beta_1^{t+1}} + \frac{(1-\beta_1) g_t}{1-\beta_1^{t}}
 
-    Equal to ``torch.optim.NAdam`` with ``momentum_decay=0`` and to optax's ``nadam``. PyTorch's
-    default ``momentum_decay=4e-3`` additionally warms β1 up over the first steps.
+    Equal to optax's ``nadam`` and to ``torch.optim.NAdam`` with a huge ``momentum_decay`` (say
+    ``1e9``). PyTorch's μ_t = β1·(1 − ½·0.96^(t·momentum_decay)) warms β1 up with the default
+    ``4e-3`` and is β1/2 throughout with ``momentum_decay=0``.
 
     References:
       Dozat, *Incorporating Nesterov Momentum into Adam*, ICLR 2016 workshop.
     """
+
+    elementwise = True
 
     slots = ("mu",)
     needs_step = True
@@ -92,7 +99,7 @@ class NesterovEma(Direction):
     def step(self, g: jax.Array, slots: dict, ctx: Context) -> tuple[jax.Array, dict]:
         b = self.decay
         m = b * slots["mu"] + (1 - b) * g
-        d = b * m / (1 - b ** (ctx.t + 1)) + (1 - b) * g / (1 - b**ctx.t)
+        d = b * m / one_minus_pow(b, ctx.t + 1) + (1 - b) * g / one_minus_pow(b, ctx.t)
         return d, {"mu": m}
 
 
@@ -107,6 +114,8 @@ class Lion(Direction):
       Chen et al., *Symbolic Discovery of Optimization Algorithms*, 2023.
       https://arxiv.org/abs/2302.06675
     """
+
+    elementwise = True
 
     slots = ("mu",)
     summary = "sign(β1·m + (1−β1)·g), m = β2·m + (1−β2)·g"
@@ -125,6 +134,8 @@ class Sign(Direction):
     References:
       Bernstein et al., *signSGD: Compressed Optimisation for Non-Convex Problems*, ICML 2018.
     """
+
+    elementwise = True
 
     summary = "sign(g)"
 

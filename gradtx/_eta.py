@@ -15,6 +15,8 @@ __all__ = ["ConstantScale", "ScaleByLearningRate", "scale", "scale_by_learning_r
 class ConstantScale(Stage):
     r"""Multiplies updates by a constant, :math:`u_t = c\, g_t`."""
 
+    elementwise = True
+
     name = "scale"
     step_size: float = hyper(1.0, "any")
 
@@ -33,8 +35,10 @@ class ScaleByLearningRate(Stage):
     holds that ``count`` only when the learning rate is scheduled.
     """
 
+    elementwise = True
+
     name = "learning_rate"
-    learning_rate: Any = hyper(1e-3, "nonnegative")
+    learning_rate: Any = hyper(1e-3, "step_size")
     flip_sign: bool = static(True)
 
     def update_leaf(self, g: jax.Array, slots: dict, param: Any, ctx: Context):

@@ -37,6 +37,8 @@ class Knob(Struct):
     needs_params: ClassVar[bool] = False
     #: One line saying what the knob computes, shown by ``describe()``.
     summary: ClassVar[str] = ""
+    #: The rule works element by element (see :attr:`gradtx.Stage.elementwise`).
+    elementwise: ClassVar[bool] = False
 
     def init_leaf(self, param: jax.Array) -> dict[str, jax.Array]:
         return {s: jnp.zeros_like(param) for s in self.slots}
@@ -114,6 +116,10 @@ class Knobs(Stage):
     @property
     def needs_params(self) -> bool:  # type: ignore[override]
         return any(k is not None and k.needs_params for k in (self.direction, self.scale))
+
+    @property
+    def elementwise(self) -> bool:  # type: ignore[override]
+        return all(k is None or k.elementwise for k in (self.direction, self.scale))
 
     def init_leaf(self, param: jax.Array) -> dict[str, jax.Array]:
         out: dict[str, Any] = {}

@@ -46,8 +46,9 @@ class Optimizer(Chain):
           'AdamScale(b2=0.999, eps=1e-08, eps_root=0.0): σ = √(v̂) + ε, v = EMA of g² (Adam)'
         """
         knobs, sched = self.knobs, self.schedule
-        idx_k = self.stages.index(knobs) if knobs is not None else len(self.stages)
         idx_s = self.stages.index(sched) if sched is not None else len(self.stages)
+        # without knobs, before and after cannot be told apart: all stages count as before
+        idx_k = self.stages.index(knobs) if knobs is not None else idx_s
 
         def say(k: Any) -> str:
             return "none (identity)" if k is None else k.describe()
@@ -154,12 +155,18 @@ def optimizer(
 
 
 @contextlib.contextmanager
-def naming(name: str) -> Iterator[None]:
-    """Prefixes construction errors of the stages with the named optimizer being built."""
+def naming(name: str, **aliases: str) -> Iterator[None]:
+    """Prefixes construction errors of the stages with the named optimizer being built.
+
+    ``aliases`` map a knob's field name to the optimizer's argument name (``decay="b1"``), so
+    ``gradtx.adam(b1=1.5)`` reports ``b1``, the argument the user gave.
+    """
     try:
         yield
     except (ValueError, TypeError) as e:
         inner = str(e).removeprefix("gradtx.")
-        raise type(e)(
-            f"gradtx.{name} ({inner.split(':', 1)[0]}):{inner.split(':', 1)[-1]}"
-        ) from None
+        stage, _, rest = inner.partition(":")
+        for field, arg in aliases.items():
+            if rest.startswith(f" {field} "):
+                rest = f" {arg} " + rest[len(field) + 2 :]
+        raise type(e)(f"gradtx.{name} ({stage}):{rest}") from None

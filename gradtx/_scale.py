@@ -9,7 +9,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from ._base import Context
+from ._base import Context, one_minus_pow
 from ._knobs import Scale
 from ._struct import hyper, static
 
@@ -37,6 +37,8 @@ class AdagradScale(Scale):
       Optimization*, JMLR 2011.
     """
 
+    elementwise = True
+
     slots = ("sum_of_squares",)
     summary = "σ = √(Σ g²) + ε (Adagrad)"
     initial_accumulator_value: float = hyper(0.1, "nonnegative")
@@ -49,6 +51,11 @@ class AdagradScale(Scale):
 
     def init_leaf(self, param: jax.Array) -> dict:
         return {"sum_of_squares": jnp.full_like(param, self.initial_accumulator_value)}
+
+    def describe(self) -> str:
+        if self.average:
+            return f"{self!r}: σ = √(Σ g² / t) + ε (Adagrad, root mean square)"
+        return super().describe()
 
     def step(self, g, m, slots, param, ctx: Context):
         s = slots["sum_of_squares"] + g * g
@@ -75,6 +82,8 @@ class RMSPropScale(Scale):
       Learning, 2012. Graves, *Generating Sequences With Recurrent Neural Networks*, 2013
       (centred).
     """
+
+    elementwise = True
 
     summary = "σ = √(EMA of g²) + ε (RMSProp)"
     decay: float = hyper(0.9, "unit")
@@ -108,7 +117,7 @@ class RMSPropScale(Scale):
 
 
 def _debiased(v: jax.Array, b: jax.Array, t: jax.Array) -> jax.Array:
-    return v / (1 - b**t)
+    return v / one_minus_pow(b, t)
 
 
 class AdamScale(Scale):
@@ -125,6 +134,8 @@ class AdamScale(Scale):
     References:
       Kingma & Ba, *Adam: A Method for Stochastic Optimization*, ICLR 2015.
     """
+
+    elementwise = True
 
     slots = ("nu",)
     needs_step = True
@@ -156,6 +167,8 @@ class AmsgradScale(Scale):
       Reddi, Kale & Kumar, *On the Convergence of Adam and Beyond*, ICLR 2018.
     """
 
+    elementwise = True
+
     slots = ("nu", "nu_max")
     needs_step = True
     summary = "σ = √(max_t v̂) + ε (AMSGrad)"
@@ -174,21 +187,22 @@ class AdamaxScale(Scale):
     r"""Adamax's σ: an exponentially weighted infinity norm of past gradients.
 
     .. math::
-        u_t = \max(\beta_2 u_{t-1}, |g_t|), \qquad \sigma_t = u_t + \epsilon
+        u_t = \max(\beta_2 u_{t-1}, |g_t| + \epsilon), \qquad \sigma_t = u_t
 
-    Warning:
-      ``torch.optim.Adamax`` puts ``eps`` inside the maximum (``max(β2·u, |g| + ε)``) and optax
-      outside, as here; they agree to ``O(ε/|g|)``.
+    ``ε`` sits inside the maximum, as in ``torch.optim.Adamax`` and ``optax.adamax`` (the paper
+    has no ε), so σ is never below ε.
 
     References:
       Kingma & Ba, *Adam*, ICLR 2015, section 7.1.
     """
 
+    elementwise = True
+
     slots = ("nu",)
-    summary = "σ = max(β2·u, |g|) + ε (Adamax)"
+    summary = "σ = max(β2·u, |g| + ε) (Adamax)"
     b2: float = hyper(0.999, "unit")
     eps: float = hyper(1e-8, "nonnegative")
 
     def step(self, g, m, slots, param, ctx: Context):
-        u = jnp.maximum(self.b2 * slots["nu"], jnp.abs(g))
-        return m / (u + self.eps), {"nu": u}
+        u = jnp.maximum(self.b2 * slots["nu"], jnp.abs(g) + self.eps)
+        return m / u, {"nu": u}

@@ -9,7 +9,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from ._base import Context
+from ._base import Context, one_minus_pow
 from ._knobs import Scale
 from ._struct import hyper
 
@@ -31,6 +31,8 @@ class AdaBeliefScale(Scale):
       Gradients*, NeurIPS 2020. https://arxiv.org/abs/2010.07468
     """
 
+    elementwise = True
+
     slots = ("nu",)
     needs_step = True
     reads_direction = True
@@ -44,7 +46,7 @@ class AdaBeliefScale(Scale):
             raise TypeError("gradtx.ada_belief_scale needs a direction knob with a 'mu' slot")
         err = g - direction["mu"]
         s = self.b2 * slots["nu"] + (1 - self.b2) * err * err + self.eps_root
-        sigma = jnp.sqrt(s / (1 - self.b2**ctx.t)) + self.eps
+        sigma = jnp.sqrt(s / one_minus_pow(self.b2, ctx.t)) + self.eps
         return m / sigma, {"nu": s}
 
 
@@ -65,6 +67,8 @@ class YogiScale(Scale):
       Zaheer et al., *Adaptive Methods for Nonconvex Optimization*, NeurIPS 2018.
     """
 
+    elementwise = True
+
     slots = ("nu",)
     needs_step = True
     summary = "σ = √(v̂) + ε, v −= (1−β2)·sign(v − g²)·g² (Yogi)"
@@ -79,7 +83,7 @@ class YogiScale(Scale):
     def step(self, g, m, slots, param, ctx: Context):
         g2 = g * g
         v = slots["nu"] - (1 - self.b2) * jnp.sign(slots["nu"] - g2) * g2
-        sigma = jnp.sqrt(v / (1 - self.b2**ctx.t) + self.eps_root) + self.eps
+        sigma = jnp.sqrt(v / one_minus_pow(self.b2, ctx.t) + self.eps_root) + self.eps
         return m / sigma, {"nu": v}
 
 
@@ -97,6 +101,8 @@ class AdadeltaScale(Scale):
       Zeiler, *ADADELTA: An Adaptive Learning Rate Method*, 2012.
       https://arxiv.org/abs/1212.5701
     """
+
+    elementwise = True
 
     slots = ("nu", "delta_nu")
     summary = "σ = √(EMA g² + ε) / √(EMA Δ² + ε) (Adadelta)"
@@ -131,6 +137,8 @@ class RAdamScale(Scale):
       https://arxiv.org/abs/1908.03265
     """
 
+    elementwise = True
+
     slots = ("nu",)
     needs_step = True
     summary = "σ = √(v̂)/r_t + ε once ρ_t > threshold, else 1 (RAdam)"
@@ -143,10 +151,10 @@ class RAdamScale(Scale):
         b2, t = self.b2, ctx.t
         v = b2 * slots["nu"] + (1 - b2) * g * g
         rho_inf = 2 / (1 - b2) - 1
-        b2t = b2**t
-        rho = rho_inf - 2 * t * b2t / (1 - b2t)
+        debias = one_minus_pow(b2, t)  # 1 - b2**t
+        rho = rho_inf - 2 * t * (1 - debias) / debias
         rect = jnp.sqrt(
             jnp.maximum((rho - 4) * (rho - 2) * rho_inf, 0) / ((rho_inf - 4) * (rho_inf - 2) * rho)
         )
-        adapted = rect * m / (jnp.sqrt(v / (1 - b2t) + self.eps_root) + self.eps)
+        adapted = rect * m / (jnp.sqrt(v / debias + self.eps_root) + self.eps)
         return jnp.where(rho > self.threshold, adapted, m), {"nu": v}

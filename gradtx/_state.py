@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator, Mapping
 from typing import Any
 
 import jax
 
 __all__ = ["State"]
+
+#: Whether State is registered with flax.serialization (see gradtx/_checkpoint.py).
+_flax_registered = False
 
 
 class State(Mapping):
@@ -27,6 +31,8 @@ class State(Mapping):
         items = dict(entries or {}, **kwargs)
         object.__setattr__(self, "_names", tuple(items))
         object.__setattr__(self, "_values", tuple(items.values()))
+        if not _flax_registered and "flax.serialization" in sys.modules:
+            _register_with_flax()
 
     # --- access -------------------------------------------------------------------------------
     def __getattr__(self, name: str) -> Any:
@@ -74,6 +80,12 @@ class State(Mapping):
     def __repr__(self) -> str:
         inner = ", ".join(f"{n}={_short(v)}" for n, v in zip(self._names, self._values))
         return f"State({inner})"
+
+
+def _register_with_flax() -> None:
+    from ._checkpoint import register_if_flax_loaded  # noqa: PLC0415  (import cycle)
+
+    register_if_flax_loaded()
 
 
 def _eq(a: Any, b: Any) -> bool:

@@ -31,6 +31,7 @@ __all__ = ["Struct", "hyper", "static", "hyper_fields", "resolve", "is_schedule_
 _CHECKS = {
     "positive": (lambda v: v > 0, "must be > 0"),
     "nonnegative": (lambda v: v >= 0, "must be >= 0"),
+    "step_size": (lambda v: 0 <= v < math.inf, "must be finite and >= 0"),
     "unit": (lambda v: 0 <= v < 1, "must be in [0, 1)"),
     "unit_closed": (lambda v: 0 <= v <= 1, "must be in [0, 1]"),
     "any": (lambda v: True, ""),

@@ -1,0 +1,283 @@
+"""The packed parameter layout: pack/unpack, gradients, transparency of every optimizer."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+import gradtx
+
+
+def _params(seed: int = 0) -> dict:
+    k = jax.random.split(jax.random.PRNGKey(seed), 6)
+    return {
+        "emb": jax.random.normal(k[0], (40, 16)),
+        "layer": [
+            {"w": jax.random.normal(k[1], (16, 24)), "b": jax.random.normal(k[2], (24,))},
+            {"w": jax.random.normal(k[3], (24, 16)), "b": jax.random.normal(k[4], (16,))},
+        ],
+        "scale": jax.random.normal(k[5], ()),
+    }
+
+
+def _loss(p: dict) -> jax.Array:
+    leaves = jax.tree_util.tree_leaves(p)
+    return sum(jnp.sum(jnp.sin(x * (i + 1.0)) * x) for i, x in enumerate(leaves))
+
+
+def _close(a, b, rtol=2e-5, atol=2e-6):
+    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol)
+
+
+def test_roundtrip_grouping_and_paths():
+    p = {
+        "a": jnp.arange(6.0).reshape(2, 3),
+        "h": jnp.ones(4, jnp.bfloat16),
+        "i": jnp.arange(3),
+        "big": jnp.zeros(100),
+        "n": None,
+        "z": jnp.full((5,), 2.0),
+    }
+    packed = gradtx.pack(p, threshold=50)
+    lay = packed.layout
+    assert [(g.dtype, g.size, len(g.indices)) for g in lay.groups] == [
+        ("float32", 11, 2),
+        ("bfloat16", 4, 1),
+    ]
+    assert len(lay.big) == 3  # big, the integer leaf and None stay as they are
+    out = gradtx.unpack(packed)
+    assert jax.tree_util.tree_structure(out, is_leaf=lambda x: x is None) == (
+        jax.tree_util.tree_structure(p, is_leaf=lambda x: x is None)
+    )
+    for k in ("a", "h", "i", "big", "z"):
+        assert out[k].dtype == p[k].dtype
+        np.testing.assert_array_equal(out[k], p[k])
+    np.testing.assert_array_equal(packed["['a']"], p["a"])
+    assert "['z']" in packed.paths
+    everything = gradtx.pack(p, threshold=None)
+    assert len(everything.layout.big) == 2
+    chosen = gradtx.pack(p, include=lambda path, x: path == "['big']")
+    assert chosen.layout.groups[0].size == 100
+    # equal layouts: no retrace
+    assert jax.tree_util.tree_structure(gradtx.pack(p, threshold=50)) == (
+        jax.tree_util.tree_structure(packed)
+    )
+
+
+def test_gradient_through_unpack_concatenates():
+    p = _params()
+    packed = gradtx.pack(p, threshold=None)
+    g_ref = jax.grad(_loss)(p)
+    g = jax.grad(lambda q: _loss(gradtx.unpack(q)))(packed)
+    assert isinstance(g, gradtx.Packed)
+    _close(gradtx.unpack(g), g_ref, rtol=1e-6, atol=1e-6)
+    jaxpr = str(jax.make_jaxpr(jax.grad(lambda q: _loss(gradtx.unpack(q))))(packed))
+    assert "concatenate" in jaxpr and " pad" not in jaxpr
+
+
+NAMED = {
+    "sgd": lambda: gradtx.sgd(0.1, momentum=0.9, nesterov=True),
+    "sign_sgd": lambda: gradtx.sign_sgd(0.01),
+    "adagrad": lambda: gradtx.adagrad(0.1),
+    "rmsprop": lambda: gradtx.rmsprop(0.01, centered=True, momentum=0.9),
+    "adadelta": lambda: gradtx.adadelta(1.0, weight_decay=0.1),
+    "adam": lambda: gradtx.adam(1e-2),
+    "adamw": lambda: gradtx.adamw(1e-2, weight_decay=0.1),
+    "nadam": lambda: gradtx.nadam(1e-2),
+    "nadamw": lambda: gradtx.nadamw(1e-2, weight_decay=0.1),
+    "adamax": lambda: gradtx.adamax(1e-2),
+    "amsgrad": lambda: gradtx.amsgrad(1e-2),
+    "adabelief": lambda: gradtx.adabelief(1e-2),
+    "yogi": lambda: gradtx.yogi(1e-2),
+    "radam": lambda: gradtx.radam(1e-2),
+    "lion": lambda: gradtx.lion(1e-3, weight_decay=0.1),
+    "lamb": lambda: gradtx.lamb(1e-2, weight_decay=0.1),
+    "lars": lambda: gradtx.lars(0.1, weight_decay=0.1, trust_coefficient=0.01),
+    "adafactor": lambda: gradtx.adafactor(1e-2, min_dim_size_to_factor=16, momentum=0.9),
+    "adafactor_unfactored": lambda: gradtx.adafactor(1e-2, factored=False),
+    "clip_chain": lambda: gradtx.chain(
+        gradtx.clip_by_global_norm(1.0),
+        gradtx.clip(0.5),
+        gradtx.clip_by_block_rms(0.2),
+        gradtx.adaptive_grad_clip(0.05),
+        gradtx.adamw(gradtx.schedules.linear(1e-2, 1e-3, 10), weight_decay=0.1),
+    ),
+}
+
+
+MIXED = {"adafactor", "lamb", "clip_chain", "adamw"}
+
+
+def _run(tx, params, steps=2):
+    state = tx.init(params)
+
+    @jax.jit
+    def step(p, s):
+        g = jax.grad(lambda q: _loss(gradtx.unpack(q)))(p)
+        u, s = tx.update(g, s, p)
+        return gradtx.apply_updates(p, u), s
+
+    for _ in range(steps):
+        params, state = step(params, state)
+    return params, state
+
+
+@pytest.mark.parametrize("name", sorted(NAMED))
+def test_named_optimizers_packed_equal_per_leaf(name):
+    tx = NAMED[name]()
+    p = _params()
+    ref, _ = _run(tx, p)
+    out, _ = _run(tx, gradtx.pack(p, threshold=None))  # one buffer
+    _close(gradtx.unpack(out), ref)
+    if name in MIXED:
+        out, _ = _run(tx, gradtx.pack(p, threshold=100))  # buffers and big leaves
+        _close(gradtx.unpack(out), ref)
+
+
+def _mask(p):
+    return jax.tree_util.tree_map(lambda x: x.ndim > 1, p)
+
+
+@pytest.mark.parametrize("by_mask", [False, True])
+def test_masks_mixed_and_grouped(by_mask):
+    p = _params()
+    txs = [
+        gradtx.adamw(1e-2, weight_decay=0.5, mask=_mask),
+        gradtx.lamb(1e-2, weight_decay=0.1, mask=_mask),
+        gradtx.lars(0.1, weight_decay=0.1, weight_decay_mask=_mask(p), trust_ratio_mask=_mask),
+    ]
+    for tx in txs:
+        ref, ref_state = _run(tx, p)
+        packed = gradtx.pack(p, threshold=None, tx=tx if by_mask else None)
+        n_groups = len(packed.layout.groups)
+        assert n_groups == (2 if by_mask else 1)
+        out, state = _run(tx, packed)
+        _close(gradtx.unpack(out), ref)
+        assert len(jax.tree_util.tree_leaves(state)) >= 1
+
+
+def test_elementwise_state_unpacks_like_params():
+    tx = gradtx.adamw(1e-2)
+    p = _params()
+    _, ref_state = _run(tx, p)
+    _, state = _run(tx, gradtx.pack(p, threshold=None))
+    _close(gradtx.unpack(state.knobs.mu), ref_state.knobs.mu)
+    _close(gradtx.unpack(state.knobs.nu), ref_state.knobs.nu)
+    assert state.knobs.mu.buffers[0].shape == (sum(x.size for x in jax.tree.leaves(p)),)
+
+
+def test_declared_elementwise():
+    assert gradtx.adamw(1e-3).knobs.elementwise
+    assert not gradtx.adafactor().knobs.elementwise
+    assert gradtx.clip_by_global_norm(1.0).elementwise
+    assert not gradtx.clip_by_block_rms(1.0).elementwise
+    assert not gradtx.adaptive_grad_clip(0.1).elementwise
+    assert not gradtx.scale_by_trust_ratio().elementwise
+
+
+def test_non_elementwise_slots_are_concatenated_per_leaf():
+    tx = gradtx.adafactor(1e-2, min_dim_size_to_factor=16)
+    p = _params()
+    state = tx.init(gradtx.pack(p, threshold=None))
+    ref = tx.init(p)
+    sizes = sum(x.size for x in jax.tree.leaves(ref.knobs.v_row))
+    assert state.knobs.v_row.buffers[0].shape == (sizes,)
+    with pytest.raises(ValueError, match="elementwise"):
+        gradtx.unpack(state.knobs.v_row)
+
+
+def test_sharded_params_keep_sharding():
+    mesh = jax.make_mesh((8,), ("x",))
+    rep = NamedSharding(mesh, P())
+    row = NamedSharding(mesh, P("x"))
+    p = {
+        "w": jax.device_put(jnp.ones((64, 8)), row),
+        "b": jax.device_put(jnp.ones((8,)), rep),
+        "c": jax.device_put(jnp.ones((3, 4)), rep),
+    }
+    packed = gradtx.pack(p, threshold=None)
+    assert packed.layout.big == (2,)  # the sharded leaf stays as it is
+    assert packed.buffers[0].sharding.is_equivalent_to(rep, 1)
+    assert packed.leaves[0].sharding.is_equivalent_to(row, 2)
+    tx = gradtx.chain(gradtx.clip_by_global_norm(1.0), gradtx.adamw(1e-2, weight_decay=0.1))
+    state = tx.init(packed)
+
+    @jax.jit
+    def step(q, s):
+        g = jax.grad(lambda q: jnp.sum(jnp.sin(gradtx.unpack(q)["w"])))(q)
+        u, s = tx.update(g, s, q)
+        return gradtx.apply_updates(q, u), s
+
+    new, state = step(packed, state)
+    assert new.leaves[0].sharding.is_equivalent_to(row, 2)
+    assert new.buffers[0].sharding.is_fully_replicated
+    assert len(new.buffers[0].sharding.device_set) == 8
+    assert state[1].knobs.mu.leaves[0].sharding.is_equivalent_to(row, 2)
+    assert gradtx.unpack(new)["w"].sharding.is_equivalent_to(row, 2)
+
+
+def test_flax_nnx_packed_and_optimizer():
+    nnx = pytest.importorskip("flax.nnx")
+
+    class MLP(nnx.Module):
+        def __init__(self, rngs):
+            self.l1 = nnx.Linear(4, 8, rngs=rngs)
+            self.l2 = nnx.Linear(8, 2, rngs=rngs)
+
+        def __call__(self, x):
+            return self.l2(jnp.tanh(self.l1(x)))
+
+    x = jnp.linspace(-1.0, 1.0, 12).reshape(3, 4)
+    tx = gradtx.adamw(1e-2, weight_decay=0.1)
+
+    def loss(model):
+        return jnp.mean(model(x) ** 2)
+
+    # per-leaf, inside nnx.Optimizer
+    model = MLP(nnx.Rngs(0))
+    opt = nnx.Optimizer(model, tx, wrt=nnx.Param)
+
+    @nnx.jit
+    def train(model, opt):
+        opt.update(model, nnx.grad(loss)(model))
+
+    for _ in range(2):
+        train(model, opt)
+    ref = nnx.state(model, nnx.Param)
+
+    # packed, functional
+    model = MLP(nnx.Rngs(0))
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    packed = gradtx.pack(params)
+    state = tx.init(packed)
+
+    @jax.jit
+    def step(packed, state):
+        grads = jax.grad(lambda q: loss(nnx.merge(graphdef, gradtx.unpack(q), rest)))(packed)
+        updates, state = tx.update(grads, state, packed)
+        return gradtx.apply_updates(packed, updates), state
+
+    for _ in range(2):
+        packed, state = step(packed, state)
+    _close(gradtx.unpack(packed), ref)
+
+
+def test_packed_pytree_errors_name_stage():
+    tx = gradtx.adam(1e-3)
+    packed = gradtx.pack(_params(), threshold=None)
+    other = gradtx.pack(_params(), threshold=100)
+    with pytest.raises(gradtx.TransformError):
+        tx.update(other, tx.init(packed), packed)
+
+
+def test_equal_layouts_are_one_object():
+    # jit hashes and compares the layout on every call: interned layouts compare by identity
+    a = gradtx.pack([jnp.zeros(2) for _ in range(50)])
+    b = gradtx.pack([jnp.ones(2) for _ in range(50)])
+    assert a.layout is b.layout and hash(a.layout) == hash(b.layout)
+    assert gradtx.pack([jnp.zeros(3) for _ in range(50)]).layout != a.layout
