@@ -112,3 +112,24 @@ def test_guide_code_runs(page, tmp_path, monkeypatch, capsys):
     for i, code in enumerate(blocks):
         exec(compile(code, f"{page}:block{i}", "exec"), module.__dict__)  # noqa: S102
     capsys.readouterr()
+
+
+def test_schedule_plot_covers_every_schedule(tmp_path):
+    """docs/schedules.md shows a plot of every schedule factory, made by tools/plot_schedules."""
+    sys.path.insert(0, str(DOCS.parent / "tools"))
+    try:
+        plot = importlib.import_module("plot_schedules")
+    finally:
+        sys.path.pop(0)
+    factories = {
+        n
+        for n in gradtx.schedules.__all__
+        if n[0].islower() and callable(getattr(gradtx.schedules, n))
+    }
+    assert set(plot.EXAMPLES) == factories
+    for name, ys in plot.curves().items():
+        assert ys.shape == (plot.STEPS,) and bool((ys >= 0).all()), name
+    out = plot.main([str(tmp_path / "s.png")])
+    assert out.stat().st_size > 10_000
+    assert "img/schedules.png" in (DOCS / "schedules.md").read_text("utf-8")
+    assert (DOCS / "img" / "schedules.png").exists()
