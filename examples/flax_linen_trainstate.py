@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -28,11 +29,13 @@ import numpy as np
 from flax import serialization
 from flax.training import train_state
 from matplotlib.figure import Figure
-from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
 from tqdm import tqdm
 
 import gradtx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from digits_data import batches, cross_entropy, load_data  # noqa: E402
 
 
 class MLP(nn.Module):
@@ -45,11 +48,6 @@ class MLP(nn.Module):
         x = nn.gelu(nn.Dense(self.hidden)(x))
         x = nn.gelu(nn.Dense(self.hidden)(x))
         return nn.Dense(10)(x)
-
-
-def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
-    logp = jax.nn.log_softmax(logits)
-    return -jnp.mean(jnp.take_along_axis(logp, labels[:, None], axis=1))
 
 
 @jax.jit
@@ -67,33 +65,6 @@ def train_step(
 def accuracy(state: train_state.TrainState, x: jax.Array, y: jax.Array) -> jax.Array:
     logits = state.apply_fn({"params": state.params}, x)
     return jnp.mean((jnp.argmax(logits, axis=-1) == y).astype(jnp.float32))
-
-
-def shifted(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The images and their four one-pixel shifts (up, down, left, right): 5x the data."""
-    imgs = x.reshape(-1, 8, 8)
-    out = [imgs]
-    for axis, d in ((1, 1), (1, -1), (2, 1), (2, -1)):
-        s = np.roll(imgs, d, axis=axis)
-        edge = 0 if d == 1 else -1  # the row/column that wrapped around becomes blank
-        if axis == 1:
-            s[:, edge, :] = 0
-        else:
-            s[:, :, edge] = 0
-        out.append(s)
-    return np.concatenate(out).reshape(-1, 64), np.tile(y, len(out))
-
-
-def load_data(seed: int) -> tuple[np.ndarray, ...]:
-    """A stratified 80/20 split fixed by ``seed``, training images augmented, standardised."""
-    digits = load_digits()
-    x = digits.data.astype(np.float32) / 16.0
-    y = digits.target.astype(np.int32)
-    x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=0.2, random_state=seed, stratify=y)
-    x_tr, y_tr = shifted(x_tr, y_tr)
-    mean, std = x_tr.mean(axis=0), x_tr.std(axis=0) + 0.1
-    standardise = lambda a: ((a - mean) / std).astype(np.float32)  # noqa: E731
-    return standardise(x_tr), standardise(x_te), y_tr, y_te
 
 
 def make_tx(cfg: argparse.Namespace, total_steps: int) -> gradtx.Optimizer:
@@ -158,10 +129,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     cfg = parse(argv)
     cfg.out.mkdir(parents=True, exist_ok=True)
     x_tr, x_te, y_tr, y_te = (jnp.asarray(a) for a in load_data(cfg.seed))
-    rng = np.random.default_rng(cfg.seed)
-    n, steps = len(y_tr), len(y_tr) // cfg.batch_size
-    order = np.stack([rng.permutation(n)[: steps * cfg.batch_size] for _ in range(cfg.epochs)])
-    order = order.reshape(cfg.epochs, steps, cfg.batch_size)
+    order = batches(len(y_tr), cfg.batch_size, cfg.epochs, cfg.seed)
+    steps = order.shape[1]
     total = cfg.epochs * steps
     half = cfg.epochs // 2
     tx = make_tx(cfg, total)

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._base import Context
+from ._clipping import rms
 from ._knobs import Scale
 from ._struct import hyper, static
 
@@ -21,10 +22,6 @@ def factored_dims(shape: tuple[int, ...], factored: bool, min_dim: int) -> tuple
     if shape[order[-2]] < min_dim:
         return None
     return int(order[-2]), int(order[-1])
-
-
-def _rms(x: jax.Array) -> jax.Array:
-    return jnp.sqrt(jnp.mean(x * x))
 
 
 class FactoredScale(Scale):
@@ -100,7 +97,7 @@ class FactoredScale(Scale):
             u = m * jnp.expand_dims(row_factor, b) * jnp.expand_dims(col_factor, a)
             new = {**slots, "v_row": row, "v_col": col}
         if self.clipping_threshold is not None:
-            u = u / jnp.maximum(1, _rms(u) / self.clipping_threshold)
+            u = u / jnp.maximum(1, rms(u) / self.clipping_threshold)
         if self.multiply_by_parameter_scale:
-            u = u * jnp.maximum(_rms(param), self.eps_scale)
+            u = u * jnp.maximum(rms(param), self.eps_scale)
         return u, new

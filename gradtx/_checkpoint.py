@@ -7,8 +7,8 @@ as soon as flax is in use, without the user calling anything:
 - at ``import gradtx``, if ``flax.serialization`` is already imported (``import flax`` and
   ``from flax import nnx`` both import it);
 - otherwise the first time a :class:`~gradtx.State` is built after flax has been imported (by
-  ``tx.init``, ``tx.update`` or any pytree operation on a state). The check is one boolean
-  until flax shows up, and nothing at all afterwards.
+  ``tx.init``, ``tx.update`` or any pytree operation on a state). The check is a lookup in
+  ``sys.modules`` until flax shows up, and one boolean afterwards.
 
 The one case this cannot see is a state built *before* flax was imported and serialized with
 no state built since; :func:`register_flax_serialization` registers explicitly (it is
@@ -77,10 +77,7 @@ def register_flax_serialization() -> None:
     from flax import serialization  # noqa: PLC0415  (optional dependency)
 
     if not _state._flax_registered:
-        serialization.register_serialization_state(
-            State, _to_state_dict, _from_state_dict, override=True
-        )
-        _state._flax_registered = True
+        _register(serialization)
 
 
 def register_if_flax_loaded() -> None:
@@ -92,7 +89,13 @@ def register_if_flax_loaded() -> None:
     if module is None or _state._flax_registered:
         return
     try:
-        module.register_serialization_state(State, _to_state_dict, _from_state_dict, override=True)
+        _register(module)
     except AttributeError:  # flax.serialization is still being imported: try again later
         return
+
+
+def _register(serialization: Any) -> None:
+    serialization.register_serialization_state(
+        State, _to_state_dict, _from_state_dict, override=True
+    )
     _state._flax_registered = True

@@ -59,7 +59,8 @@ class ClipByGlobalNorm(Stage):
 
     The norm is reduced once over the whole tree (in float32) and read by each leaf as a
     scalar. Like ``optax.clip_by_global_norm``; ``torch.nn.utils.clip_grad_norm_`` divides by
-    ``norm + 1e-6`` instead. A non-finite norm propagates to every update.
+    ``norm + 1e-6`` instead. A NaN norm makes every update NaN; an infinite norm (an overflowing
+    or infinite gradient) makes the finite entries 0 and the infinite ones NaN.
 
     References:
       Pascanu, Mikolov & Bengio, *On the difficulty of training recurrent neural networks*,
@@ -79,7 +80,8 @@ class ClipByGlobalNorm(Stage):
         return g * ctx.factor, slots
 
 
-def _rms(x: jax.Array) -> jax.Array:
+def rms(x: jax.Array) -> jax.Array:
+    """The root mean square of all entries of one array."""
     return jnp.sqrt(jnp.mean(x * x))
 
 
@@ -96,7 +98,7 @@ class ClipByBlockRms(Stage):
     threshold: float = hyper(1.0, "positive")
 
     def update_leaf(self, g, slots, param, ctx: Context):
-        return g / jnp.maximum(1, _rms(g) / self.threshold), slots
+        return g / jnp.maximum(1, rms(g) / self.threshold), slots
 
 
 def unitwise_norm(x: jax.Array) -> jax.Array:

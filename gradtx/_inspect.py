@@ -38,8 +38,7 @@ def hyperparams(tx: Any, state: Any) -> dict[str, Any]:
     if isinstance(tx, Chain):
         return {n: hyperparams(s, state[n]) for n, s in zip(tx.names, tx.stages)}
     if isinstance(tx, Stage):
-        step = state["count"] if tx.counts else None
-        return _values(resolve(tx, step) if step is not None else tx)
+        return _values(resolve(tx, state["count"] if tx.counts else None))
     return {}
 
 

@@ -133,20 +133,14 @@ class Knobs(Stage):
     ) -> tuple[jax.Array, dict]:
         d = {k: slots[k] for k in self._dslots}
         s = {k: slots[k] for k in self._sslots}
-        if self.scale_first:
-            u = g
-            if self.scale is not None:
-                u, s = self.scale.step(g, g, s, param, ctx)
-            if self.direction is not None:
-                u, d = self.direction.step(u, d, ctx)
-        else:
-            u = g
-            if self.direction is not None:
-                u, d = self.direction.step(g, d, ctx)
-            if self.scale is not None and self.scale.reads_direction:
-                u, s = self.scale.step(g, u, s, param, ctx, direction=d)
-            elif self.scale is not None:
-                u, s = self.scale.step(g, u, s, param, ctx)
+        u = g
+        if self.scale is not None and self.scale_first:
+            u, s = self.scale.step(g, g, s, param, ctx)
+        if self.direction is not None:
+            u, d = self.direction.step(u, d, ctx)
+        if self.scale is not None and not self.scale_first:
+            kw = {"direction": d} if self.scale.reads_direction else {}
+            u, s = self.scale.step(g, u, s, param, ctx, **kw)
         return u, {**d, **s}
 
     def __repr__(self) -> str:

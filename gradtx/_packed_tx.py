@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._packing import Group
+from ._packing import Group, concat, segment
 
 __all__ = ["stages_of", "pieces", "init_pieces", "update_pieces"]
 
@@ -76,16 +76,6 @@ def pieces(group: Group, mask: Any, elementwise: bool) -> list[Piece]:
     return out
 
 
-def _slice(x: jax.Array, pc: Piece) -> jax.Array:
-    if pc.offset == 0 and pc.size == x.shape[0]:
-        return x
-    return jax.lax.slice(x, (pc.offset,), (pc.offset + pc.size,))
-
-
-def _concat(parts: list) -> jax.Array:
-    return parts[0] if len(parts) == 1 else jnp.concatenate(parts)
-
-
 def _slot_shapes(stage: Any, shape: tuple, dtype: Any, cache: dict) -> dict[str, tuple]:
     if stage.elementwise:
         return {s: shape for s in stage.slots}
@@ -102,10 +92,10 @@ def init_pieces(stage: Any, buf: jax.Array, group: Group, mask: Any) -> dict[str
     for pc in pieces(group, mask, stage.elementwise):
         if not pc.active:
             continue
-        slots = stage.init_leaf(_slice(buf, pc).reshape(pc.shape))
+        slots = stage.init_leaf(segment(buf, pc.offset, pc.size).reshape(pc.shape))
         for s in stage.slots:
             parts[s].append(jnp.ravel(slots[s]))
-    return {s: _concat(v) for s, v in parts.items()}
+    return {s: concat(v) for s, v in parts.items()}
 
 
 def update_pieces(
@@ -127,7 +117,7 @@ def update_pieces(
     at = {s: 0 for s in stage.slots}
     cache: dict = {}
     for pc in pieces(group, mask, stage.elementwise):
-        gi = _slice(g, pc)
+        gi = segment(g, pc.offset, pc.size)
         if not pc.active:
             outs.append(gi)
             continue
@@ -135,13 +125,11 @@ def update_pieces(
         sl = {}
         for s in stage.slots:
             n = int(np.prod(shapes[s], dtype=np.int64))
-            v = slots[s]
-            piece = v if (at[s] == 0 and n == v.shape[0]) else v[at[s] : at[s] + n]
-            sl[s] = piece.reshape(shapes[s])
+            sl[s] = segment(slots[s], at[s], n).reshape(shapes[s])
             at[s] += n
-        p = None if param is None else _slice(param, pc).reshape(pc.shape)
+        p = None if param is None else segment(param, pc.offset, pc.size).reshape(pc.shape)
         u, ns = stage.update_leaf(gi.reshape(pc.shape), sl, p, ctx)
         outs.append(jnp.ravel(u))
         for s in stage.slots:
             new[s].append(jnp.ravel(ns[s]))
-    return _concat(outs), {s: _concat(v) for s, v in new.items()}
+    return concat(outs), {s: concat(v) for s, v in new.items()}

@@ -26,6 +26,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ._tree import flatten
+
 __all__ = [
     "DEFAULT_THRESHOLD",
     "Group",
@@ -171,8 +173,16 @@ jax.tree_util.register_pytree_with_keys(
 _INTERNED: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
 
 
-def _is_none(x: Any) -> bool:
-    return x is None
+def segment(buf: jax.Array, offset: int, size: int) -> jax.Array:
+    """``buf[offset : offset + size]`` of a 1-D buffer (``buf`` itself when that is all of it)."""
+    if offset == 0 and size == buf.shape[0]:
+        return buf
+    return jax.lax.slice(buf, (offset,), (offset + size,))
+
+
+def concat(parts: list) -> jax.Array:
+    """The 1-D arrays ``parts`` end to end (the only part itself when there is one)."""
+    return parts[0] if len(parts) == 1 else jnp.concatenate(parts)
 
 
 def _placement(x: Any) -> Any:
@@ -196,11 +206,8 @@ def _mask_keys(tx: Any, tree: Any, n: int) -> list[tuple]:
     for st in stages_of(tx):
         if getattr(st, "mask", None) is None:
             continue
-        mask = st.leaf_mask(tree)
-        full = jax.tree_util.tree_map(lambda _, m: bool(m), tree, mask, is_leaf=_is_none)
-        vals = jax.tree_util.tree_leaves(full, is_leaf=_is_none)
-        for i, v in enumerate(vals):
-            keys[i] = keys[i] + (bool(v),)
+        for i, v in enumerate(st._mask_leaves(tree, n)):
+            keys[i] = keys[i] + (v,)
     return keys
 
 
@@ -241,7 +248,7 @@ def pack(
       >>> gradtx.unpack(p)["w"].tolist()
       [[1.0, 1.0], [1.0, 1.0]]
     """
-    flat, treedef = jax.tree_util.tree_flatten_with_path(params, is_leaf=_is_none)
+    flat, treedef = flatten(params)
     paths = tuple(jax.tree_util.keystr(p) for p, _ in flat)
     leaves = [x for _, x in flat]
     masks = _mask_keys(tx, params, len(leaves))
@@ -267,8 +274,7 @@ def pack(
         groups.append(
             Group(dtype, tuple(idx), offsets, shapes, int(sum(sizes)), (place, mkey) or None)
         )
-        parts = [jnp.ravel(leaves[i]) for i in idx]
-        buf = parts[0] if len(parts) == 1 else jnp.concatenate(parts)
+        buf = concat([jnp.ravel(leaves[i]) for i in idx])
         if place is not None:
             buf = jax.device_put(buf, place)
         buffers.append(buf)
@@ -278,12 +284,8 @@ def pack(
 
 
 def _split(buf: jax.Array, offsets: tuple, shapes: tuple) -> tuple:
-    out = []
-    for o, s in zip(offsets, shapes):
-        n = int(np.prod(s, dtype=np.int64))
-        piece = buf if (o == 0 and n == buf.shape[0]) else jax.lax.slice(buf, (o,), (o + n,))
-        out.append(piece.reshape(s))
-    return tuple(out)
+    sizes = (int(np.prod(s, dtype=np.int64)) for s in shapes)
+    return tuple(segment(buf, o, n).reshape(s) for o, n, s in zip(offsets, sizes, shapes))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
@@ -296,8 +298,7 @@ def _views_fwd(buf: jax.Array, offsets: tuple, shapes: tuple) -> tuple:
 
 
 def _views_bwd(offsets: tuple, shapes: tuple, _: Any, cts: tuple) -> tuple:
-    parts = [jnp.ravel(c) for c in cts]
-    return (parts[0] if len(parts) == 1 else jnp.concatenate(parts),)
+    return (concat([jnp.ravel(c) for c in cts]),)
 
 
 _views.defvjp(_views_fwd, _views_bwd)

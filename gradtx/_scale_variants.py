@@ -43,7 +43,7 @@ class AdaBeliefScale(Scale):
 
     def step(self, g, m, slots, param, ctx: Context, direction=None):
         if direction is None or "mu" not in direction:
-            raise TypeError("gradtx.ada_belief_scale needs a direction knob with a 'mu' slot")
+            raise TypeError(f"gradtx.{self.name} needs a direction knob with a 'mu' slot")
         err = g - direction["mu"]
         s = self.b2 * slots["nu"] + (1 - self.b2) * err * err + self.eps_root
         sigma = jnp.sqrt(s / one_minus_pow(self.b2, ctx.t)) + self.eps

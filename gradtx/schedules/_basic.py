@@ -44,7 +44,7 @@ class Linear(Schedule):
         set_steps(self, "transition_begin", minimum=0)
 
     def value(self, step: jax.Array) -> jax.Array:
-        frac = jnp.clip((step - self.transition_begin) / max(self.transition_steps, 1), 0, 1)
+        frac = jnp.clip((step - self.transition_begin) / self.transition_steps, 0, 1)
         return self.init_value + (self.end_value - self.init_value) * frac
 
 

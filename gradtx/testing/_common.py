@@ -181,7 +181,7 @@ def required_extras(tx: Any) -> tuple[str, ...]:
     those of its stages for a chain)."""
     out: list[str] = list(getattr(tx, "requires", ()) or ())
     for stage in getattr(tx, "stages", ()) or ():
-        out += [r for r in required_extras(stage) if r not in out]
+        out += required_extras(stage)
     return tuple(dict.fromkeys(out))
 
 
