@@ -60,10 +60,10 @@ def sgd(
       Robbins & Monro, *A Stochastic Approximation Method*, 1951. Polyak 1964; Sutskever et al.,
       ICML 2013 (Nesterov momentum in deep learning).
     """
+    if momentum is None and nesterov:
+        raise ValueError("gradtx.sgd: nesterov=True needs a momentum")
     with naming("sgd"):
         direction = Momentum(momentum, nesterov) if momentum is not None else None
-        if direction is None and nesterov:
-            raise ValueError("sgd: nesterov=True needs a momentum")
         return optimizer(direction, None, learning_rate, name="sgd")
 
 

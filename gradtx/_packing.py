@@ -40,10 +40,11 @@ __all__ = [
 ]
 
 #: Default size threshold of :func:`pack`: leaves with at most this many elements are packed.
-#: Measured on a 2-core CPU (docs/benchmarks.md): a whole training step of an MLP stack is
-#: faster packed for leaves of up to ~64 K elements and slower beyond, where the per-step
-#: concatenation of the gradient costs more than the per-leaf work it saves.
-DEFAULT_THRESHOLD = 1 << 16
+#: Measured on 2-core CPUs (docs/benchmarks.md, ``--sweep``): a whole training step of an MLP
+#: stack is faster packed for leaves of 16 K elements (1.07-1.42x) and slower at 64 K
+#: (0.79-0.91x), where the per-step concatenation of the gradient costs more than the per-leaf
+#: work it saves.
+DEFAULT_THRESHOLD = 1 << 14
 
 
 @dataclasses.dataclass(frozen=True)

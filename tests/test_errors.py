@@ -178,3 +178,8 @@ def test_chain_rejects_non_transformation():
 def test_knobs_reject_wrong_kind():
     with pytest.raises(TypeError, match=r"gradtx\.knobs: scale must be a Scale knob"):
         gradtx.optimizer(gradtx.Ema(0.9), gradtx.Momentum(0.9), 1e-3)
+
+
+def test_sgd_nesterov_needs_momentum():
+    with pytest.raises(ValueError, match=r"^gradtx\.sgd: nesterov=True needs a momentum$"):
+        gradtx.sgd(0.1, nesterov=True)
