@@ -71,6 +71,12 @@ class Context:
       extra: the keyword arguments given to ``update``.
     """
 
+    def __getattr__(self, name: str) -> Any:  # only called for names prepare() did not give
+        raise AttributeError(
+            f"Context has no value {name!r} (values come from the stage's prepare(); "
+            f"this one gave {sorted(k for k in vars(self) if k not in ('step', 't', 'extra'))})"
+        )
+
     def __init__(self, step: Any, t: Any, values: Mapping[str, Any], extra: Mapping[str, Any]):
         self.step = step
         self.t = t
@@ -157,7 +163,7 @@ class Stage(GradientTransformation):
         leaves, treedef = flatten(params)
         active = self._mask_leaves(params, len(leaves))
         segs = flat_segments(params)
-        per_leaf = []
+        per_leaf: list[dict[str, Any] | None] = []
         for i, ((path, p), on) in enumerate(zip(leaves, active)):
             if p is None or on is False:
                 per_leaf.append(None)
@@ -221,7 +227,8 @@ class Stage(GradientTransformation):
         values = hp.prepare(updates, state, params, ctx32)
         cache: dict[Any, tuple[Stage, Context]] = {}
 
-        out, new_slots = [], {s: [] for s in self.slots}
+        out: list = []
+        new_slots: dict[str, list] = {s: [] for s in self.slots}
         for i, (path, g) in enumerate(leaves):
             slots = {s: slot_leaves[s][i] for s in self.slots}
             if g is None or active[i] is False:
@@ -267,7 +274,7 @@ class Stage(GradientTransformation):
                 new_slots[s].append(ns[s].astype(slots[s].dtype))
         entries: dict[str, Any] = {}
         if self.counts:
-            entries["count"] = increment(step)
+            entries["count"] = increment(step)  # type: ignore[arg-type]  # counts => step
         for s in self.slots:
             entries[s] = treedef.unflatten(new_slots[s])
         return treedef.unflatten(out), State(entries)

@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 from ._base import Stage
 from ._chain import Chain
 from ._eta import ScaleByLearningRate
-from ._struct import Struct, hyper_fields, resolve
+from ._struct import Struct, fields, hyper_fields, resolve
 
 __all__ = ["hyperparams", "current_learning_rate"]
 
 
 def _values(obj: Struct) -> dict[str, Any]:
     out: dict[str, Any] = {n: getattr(obj, n) for n in hyper_fields(obj)}
-    for f in dataclasses.fields(obj):
+    for f in fields(obj):
         value = getattr(obj, f.name)
         if f.metadata.get("kind") is None and isinstance(value, Struct):
             out[f.name] = _values(value)

@@ -22,7 +22,7 @@ class Optimizer(Chain):
     and the before/after stages are named after themselves. ``state[0]`` etc. work as in optax.
     """
 
-    name: str = static("optimizer")
+    name: str = static("optimizer")  # type: ignore[misc]  # per instance, not per class
 
     @property
     def knobs(self) -> Knobs | None:

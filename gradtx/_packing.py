@@ -87,6 +87,8 @@ class Layout:
     paths: tuple[str, ...]
     groups: tuple[Group, ...]
     big: tuple[int, ...]
+    _key: tuple = dataclasses.field(init=False, repr=False)
+    _hash: int = dataclasses.field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_key", (self.treedef, self.paths, self.groups, self.big))
@@ -166,7 +168,7 @@ jax.tree_util.register_pytree_with_keys(
         ],
         p.layout,
     ),
-    lambda layout, ch: Packed(ch[0], ch[1], layout),
+    lambda layout, ch: Packed(*tuple(ch), layout),  # type: ignore[call-arg]
     lambda p: ([p.buffers, p.leaves], p.layout),
 )
 

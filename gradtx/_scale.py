@@ -6,6 +6,8 @@ where ``m_t`` is the direction (the raw gradient when no direction knob is set).
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 
@@ -116,7 +118,7 @@ class RMSPropScale(Scale):
         return m / (jnp.sqrt(var) + self.eps), new
 
 
-def _debiased(v: jax.Array, b: jax.Array, t: jax.Array) -> jax.Array:
+def _debiased(v: jax.Array, b: Any, t: Any) -> jax.Array:
     return v / one_minus_pow(b, t)
 
 

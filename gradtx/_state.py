@@ -92,7 +92,7 @@ def _eq(a: Any, b: Any) -> bool:
     try:
         la, ta = jax.tree_util.tree_flatten(a)
         lb, tb = jax.tree_util.tree_flatten(b)
-        return ta == tb and all(
+        return bool(ta == tb) and all(  # type: ignore[operator]
             bool((x == y).all()) if hasattr(x, "all") else x == y for x, y in zip(la, lb)
         )
     except Exception:

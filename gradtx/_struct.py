@@ -18,9 +18,15 @@ Equal configurations compare and hash equal, so a transformation held as static 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import re
 from typing import Any, ClassVar
+
+try:  # Python >= 3.11
+    from typing import dataclass_transform
+except ImportError:  # pragma: no cover - Python 3.10
+    from typing_extensions import dataclass_transform
 
 import jax
 import numpy as np
@@ -48,6 +54,11 @@ def hyper(default: Any = dataclasses.MISSING, check: str = "any") -> Any:
 def static(default: Any = dataclasses.MISSING) -> Any:
     """A static configuration field: hashed and compared, never traced."""
     return dataclasses.field(default=default, metadata={"kind": "static"})
+
+
+def fields(obj: Any) -> tuple[dataclasses.Field, ...]:
+    """``dataclasses.fields`` of a :class:`Struct` (a dataclass made in ``__init_subclass__``)."""
+    return dataclasses.fields(obj)
 
 
 def _snake(name: str) -> str:
@@ -90,6 +101,7 @@ class FrozenTree:
         return jax.tree_util.tree_unflatten(self.treedef, list(self.leaves))
 
 
+@dataclass_transform(frozen_default=True, eq_default=True, field_specifiers=(dataclasses.field,))
 class Struct:
     """Base of gradtx values: subclasses become frozen dataclasses registered as pytrees."""
 
@@ -102,11 +114,11 @@ class Struct:
             cls.name = _snake(cls.__name__)
         dataclasses.dataclass(frozen=True, eq=True, repr=False)(cls)
         jax.tree_util.register_pytree_with_keys(
-            cls, _flatten_with_keys, lambda aux, ch, cls=cls: _unflatten(cls, aux, ch), _flatten
+            cls, _flatten_with_keys, functools.partial(_unflatten, cls), _flatten
         )
 
     def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):
+        for f in fields(self):
             value = getattr(self, f.name)
             kind = f.metadata.get("kind")
             if kind == "hyper":
@@ -133,7 +145,7 @@ class Struct:
 
     def __repr__(self) -> str:
         parts = []
-        for f in dataclasses.fields(self):
+        for f in fields(self):
             value = getattr(self, f.name)
             hidden = f.metadata.get("kind") != "hyper" or value is None
             if hidden and f.default is not dataclasses.MISSING and _same(value, f.default):
@@ -145,7 +157,7 @@ class Struct:
 
     def replace(self, **changes: Any) -> Any:
         """A copy with some fields changed (validated like a new construction)."""
-        return dataclasses.replace(self, **changes)
+        return dataclasses.replace(self, **changes)  # type: ignore[type-var]
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -171,7 +183,7 @@ def _child(f: dataclasses.Field, value: Any) -> bool:
 
 def _split(obj: Struct) -> tuple[list, list, tuple]:
     keys, children, aux = [], [], []
-    for f in dataclasses.fields(obj):
+    for f in fields(obj):
         value = getattr(obj, f.name)
         if _child(f, value):
             keys.append(jax.tree_util.GetAttrKey(f.name))
@@ -193,7 +205,7 @@ def _flatten_with_keys(obj: Struct) -> tuple[list, tuple]:
 
 
 def _unflatten(cls: type, aux: tuple, children: Any) -> Any:
-    obj = object.__new__(cls)
+    obj: Any = object.__new__(cls)
     it = iter(children)
     for name, is_child, value in aux:
         object.__setattr__(obj, name, next(it) if is_child else value)
@@ -202,14 +214,14 @@ def _unflatten(cls: type, aux: tuple, children: Any) -> Any:
 
 def hyper_fields(obj: Struct) -> list[str]:
     """Names of the numeric hyperparameter fields of ``obj``."""
-    return [f.name for f in dataclasses.fields(obj) if f.metadata.get("kind") == "hyper"]
+    return [f.name for f in fields(obj) if f.metadata.get("kind") == "hyper"]
 
 
 def has_schedule(obj: Any) -> bool:
     """Whether any hyperparameter of ``obj`` (or of a nested knob) is a function of the step."""
     if not isinstance(obj, Struct):
         return False
-    for f in dataclasses.fields(obj):
+    for f in fields(obj):
         value = getattr(obj, f.name)
         if f.metadata.get("kind") == "hyper" and is_schedule_like(value):
             return True
@@ -226,7 +238,7 @@ def resolve(obj: Any, step: Any) -> Any:
     if not isinstance(obj, Struct) or not has_schedule(obj):
         return obj
     new = object.__new__(type(obj))
-    for f in dataclasses.fields(obj):
+    for f in fields(obj):
         value = getattr(obj, f.name)
         kind = f.metadata.get("kind")
         if kind == "hyper" and is_schedule_like(value):

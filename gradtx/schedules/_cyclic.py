@@ -6,6 +6,8 @@ stepped once per update (``count`` here is torch's ``last_epoch``).
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 
@@ -114,6 +116,7 @@ class CyclicTriangular(Schedule):
         length = up + down
         q = jnp.mod(step, length)  # exact for integer steps, unlike frac(s / L)
         h = jnp.where(q <= up, q / up, (length - q) / max(down, 1))
+        g: Any
         if self.mode == "triangular":
             g = 1.0
         elif self.mode == "triangular2":
@@ -153,6 +156,7 @@ class CosineRestarts(Schedule):
 
     def value(self, step: jax.Array) -> jax.Array:
         t0, mult = self.first_period, self.period_mult
+        period: Any
         if mult == 1:
             since, period = jnp.mod(step, t0), float(t0)
         else:

@@ -8,6 +8,7 @@ Notation in the formulas: :math:`s` is the step count (0 at the first update), :
 from __future__ import annotations
 
 import numbers
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -125,7 +126,7 @@ class PiecewiseConstant(Schedule):
     boundaries_and_scales: tuple = static(())
 
     def __post_init__(self) -> None:
-        pairs = self.boundaries_and_scales
+        pairs: Any = self.boundaries_and_scales
         if pairs is None:
             pairs = ()
         if isinstance(pairs, dict):
@@ -137,7 +138,7 @@ class PiecewiseConstant(Schedule):
         for b, s in pairs:
             if isinstance(b, bool) or not isinstance(b, numbers.Integral) or b < 0:
                 fail(self, f"boundaries must be integers >= 0, got {b!r}")
-            if isinstance(s, bool) or not isinstance(s, numbers.Real) or not s >= 0:
+            if isinstance(s, bool) or not isinstance(s, numbers.Real) or not float(s) >= 0:
                 fail(self, f"scales must be numbers >= 0, got {s!r} at step {b}")
         steps = [int(b) for b, _ in pairs]
         if len(set(steps)) != len(steps):
@@ -233,7 +234,7 @@ def piecewise_constant(
       >>> [round(float(sched(s)), 4) for s in (0, 99, 100, 200)]
       [1.0, 1.0, 0.1, 0.01]
     """
-    return PiecewiseConstant(init_value, boundaries_and_scales)
+    return PiecewiseConstant(init_value, boundaries_and_scales)  # type: ignore[arg-type]
 
 
 def cosine_decay(

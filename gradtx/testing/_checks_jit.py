@@ -55,6 +55,8 @@ def check_jit(
         return step(tx, grads, state, params)
 
     as_arg = traceable_tx(tx)
+    jinit: Any
+    jstep: Any
     if as_arg:
         jinit, jstep = jax.jit(init_fn), jax.jit(step_fn)
     else:  # a transformation that is not a pytree of numbers is a compile-time constant

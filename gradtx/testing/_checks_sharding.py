@@ -30,7 +30,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 try:  # explicit sharding (jax.sharding.AxisType, jax.set_mesh) is new in JAX 0.6
     from jax.sharding import AxisType
 except ImportError:  # pragma: no cover
-    AxisType = None
+    AxisType = None  # type: ignore[misc,assignment]
 
 from .._tree import flatten, path_str
 from ._common import guard, make_grads, new_report, stepper, traceable_tx

@@ -74,14 +74,14 @@ def typeof(x: Any) -> Any:
     """The abstract value (shape, dtype, weak type) of an array, tracer or Python scalar."""
     if hasattr(jax, "typeof"):
         return jax.typeof(x)
-    return jax.core.get_aval(x)  # JAX before jax.typeof
+    return jax.core.get_aval(x)  # type: ignore[attr-defined]  # JAX before jax.typeof
 
 
 def enable_x64() -> Any:
     """A context manager turning 64-bit types on, restoring the setting on exit."""
     if hasattr(jax, "enable_x64"):
         return jax.enable_x64(True)
-    from jax.experimental import enable_x64 as legacy  # noqa: PLC0415  (older JAX)
+    from jax.experimental import enable_x64 as legacy  # type: ignore[attr-defined]  # noqa: PLC0415
 
     return legacy()
 
@@ -150,7 +150,7 @@ def make_grads(params: Any, seed: int = 0, scale: float = 1.0) -> Any:
         rng = np.random.default_rng(seed * 1_000_003 + i)
         x = (scale * rng.standard_normal(np.shape(p))).astype(np.dtype(p.dtype))
         sharding = getattr(p, "sharding", None) if isinstance(p, jax.Array) else None
-        out.append(jax.device_put(x, sharding) if sharding is not None else jnp.asarray(x))
+        out.append(jax.device_put(x, sharding) if sharding is not None else jnp.asarray(x))  # type: ignore[arg-type]
     return treedef.unflatten(out)
 
 
