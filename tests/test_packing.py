@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -30,8 +31,10 @@ def _loss(p: dict) -> jax.Array:
 
 
 def _close(a, b, rtol=2e-5, atol=2e-6):
-    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
-        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol)
+    """Same tree structure, shapes and dtypes, values within float32 rounding."""
+    chex.assert_trees_all_equal_structs(a, b)
+    chex.assert_trees_all_equal_dtypes(a, b)
+    chex.assert_trees_all_close(a, b, rtol=rtol, atol=atol)
 
 
 def test_roundtrip_grouping_and_paths():
