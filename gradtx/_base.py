@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 import jax
 import jax.numpy as jnp
 
-from ._packed_tx import init_pieces, update_pieces
+from ._packed_tx import init_pieces, leaf_sizes, leaf_sums, update_pieces
 from ._packing import flat_segments, logical_tree, packed_mask
 from ._state import State
 from ._struct import FrozenTree, Struct, has_schedule, resolve
@@ -72,9 +72,10 @@ class Context:
     """
 
     def __getattr__(self, name: str) -> Any:  # only called for names prepare() did not give
+        given = sorted(k for k in vars(self) if k not in ("step", "t", "extra") and k[0] != "_")
         raise AttributeError(
             f"Context has no value {name!r} (values come from the stage's prepare(); "
-            f"this one gave {sorted(k for k in vars(self) if k not in ('step', 't', 'extra'))})"
+            f"this one gave {given})"
         )
 
     def __init__(self, step: Any, t: Any, values: Mapping[str, Any], extra: Mapping[str, Any]):
@@ -82,6 +83,34 @@ class Context:
         self.t = t
         self.extra = extra
         self.__dict__.update(values)
+
+    def leaf_sum(self, x: jax.Array) -> jax.Array:
+        """The sum of ``x`` over the whole parameter array, broadcastable against ``x``.
+
+        A rule that reduces only through this and :meth:`leaf_mean` can declare
+        :attr:`Stage.leafwise`: on a packed buffer it then gets each leaf's own sum per element.
+        """
+        return jnp.sum(x)
+
+    def leaf_mean(self, x: jax.Array) -> jax.Array:
+        """The mean of ``x`` over the whole parameter array (see :meth:`leaf_sum`)."""
+        return jnp.mean(x)
+
+
+class SegmentContext(Context):
+    """The context of a :attr:`Stage.leafwise` rule run on a whole packed buffer: the same
+    values, but ``leaf_sum``/``leaf_mean`` reduce over each leaf's segment of the buffer and
+    return one value per element."""
+
+    def __init__(self, base: Context, group: Any):
+        self.__dict__.update(vars(base))
+        self._group = group
+
+    def leaf_sum(self, x: jax.Array) -> jax.Array:
+        return leaf_sums(x, self._group)
+
+    def leaf_mean(self, x: jax.Array) -> jax.Array:
+        return leaf_sums(x, self._group) / leaf_sizes(self._group, x.dtype)
 
 
 class Stage(GradientTransformation):
@@ -104,6 +133,10 @@ class Stage(GradientTransformation):
     #: ``prepare``). Such a rule runs once on a whole packed buffer; any other rule runs on
     #: each leaf's view of the buffer (see :mod:`gradtx._packed_tx`). ``False`` is always safe.
     elementwise: ClassVar[bool] = False
+    #: The rule is elementwise except for reductions over the whole array, which it makes only
+    #: through ``ctx.leaf_sum`` / ``ctx.leaf_mean`` (block RMS, trust ratios); it keeps no slots
+    #: of another shape. On a packed buffer it runs once, with segment-wise reductions.
+    leafwise: ClassVar[bool] = False
 
     # --- the rule for one array ---------------------------------------------------------------
     def init_leaf(self, param: jax.Array) -> dict[str, jax.Array]:
@@ -169,7 +202,7 @@ class Stage(GradientTransformation):
                 per_leaf.append(None)
                 continue
             seg = segs[i] if segs is not None else None
-            if seg is not None and not (self.elementwise and on is True):
+            if seg is not None and not ((self.elementwise or self.leafwise) and on is True):
                 slots = init_pieces(self, p, seg, on)
             else:
                 slots = self.init_leaf(p)
@@ -259,7 +292,9 @@ class Stage(GradientTransformation):
             )
             seg = segs[i] if segs is not None else None
             try:
-                if seg is not None and not (self.elementwise and active[i] is True):
+                if seg is not None and self.leafwise and active[i] is True:
+                    u, ns = hp_c.update_leaf(*args[:3], SegmentContext(ctx, seg))
+                elif seg is not None and not (self.elementwise and active[i] is True):
                     u, ns = update_pieces(hp_c, *args, seg, active[i])
                 else:
                     u, ns = hp_c.update_leaf(*args)

@@ -94,11 +94,12 @@ class ClipByBlockRms(Stage):
       Shazeer & Stern, *Adafactor*, ICML 2018 (update clipping).
     """
 
+    leafwise = True
     name = "clip_by_block_rms"
     threshold: float = hyper(1.0, "positive")
 
     def update_leaf(self, g, slots, param, ctx: Context):
-        return g / jnp.maximum(1, rms(g) / self.threshold), slots
+        return g / jnp.maximum(1, jnp.sqrt(ctx.leaf_mean(g * g)) / self.threshold), slots
 
 
 def unitwise_norm(x: jax.Array) -> jax.Array:

@@ -43,10 +43,6 @@ class AddDecayedWeights(Stage):
         return g + self.weight_decay * param, slots
 
 
-def _norm(x):
-    return jnp.sqrt(jnp.sum(x * x))
-
-
 class ScaleByTrustRatio(Stage):
     r"""Scales each array's update by its layer-wise trust ratio (LARS, LAMB).
 
@@ -62,6 +58,7 @@ class ScaleByTrustRatio(Stage):
       ICLR 2020 (LAMB). https://arxiv.org/abs/1904.00962
     """
 
+    leafwise = True
     name = "scale_by_trust_ratio"
     needs_params = True
     min_norm: float = hyper(0.0, "nonnegative")
@@ -70,8 +67,8 @@ class ScaleByTrustRatio(Stage):
     mask: Any = static(None)
 
     def update_leaf(self, g, slots, param, ctx: Context):
-        p_norm = jnp.maximum(_norm(param), self.min_norm)
-        u_norm = jnp.maximum(_norm(g), self.min_norm)
+        p_norm = jnp.maximum(jnp.sqrt(ctx.leaf_sum(param * param)), self.min_norm)
+        u_norm = jnp.maximum(jnp.sqrt(ctx.leaf_sum(g * g)), self.min_norm)
         ratio = self.trust_coefficient * p_norm / (u_norm + self.eps)
         ratio = jnp.where((p_norm == 0) | (u_norm == 0), 1.0, ratio)
         return g * ratio, slots

@@ -6,10 +6,14 @@ outputs alone, with slots shaped like the array, and reads nothing else of the a
 values from ``prepare`` are read as scalars). Such a rule gives the same result on a whole
 buffer as on each of the leaves the buffer holds, so on a packed buffer it runs once.
 
-Any other rule (block-RMS clipping, trust ratios, adaptive gradient clipping, Adafactor's
-factored moments -- anything that reduces over, or depends on the shape of, one parameter)
-runs on each leaf's *view*: the buffer is sliced into the leaves, each reshaped to its own
-shape, the rule runs per leaf, and the results are concatenated. Its slots on a buffer are
+A ``leafwise`` rule is elementwise except for reductions over the whole array made through
+``ctx.leaf_sum``/``ctx.leaf_mean`` (block-RMS clipping, trust ratios): it also runs once on the
+buffer, with a context whose reductions are per leaf segment (:func:`leaf_sums`).
+
+Any other rule (adaptive gradient clipping, Adafactor's factored moments -- anything that
+depends on the shape of one parameter) runs on each leaf's *view*: the buffer is sliced into
+the leaves, each reshaped to its own shape, the rule runs per leaf, and the results are
+concatenated. Its slots on a buffer are
 the concatenation of each leaf's ravelled slots (so they need not be params-sized).
 
 Masks: a buffer whose leaves are all in (or all out of) a stage's mask runs (or passes) as a
@@ -28,7 +32,10 @@ import numpy as np
 
 from ._packing import Group, concat, segment
 
-__all__ = ["stages_of", "pieces", "init_pieces", "update_pieces"]
+__all__ = ["stages_of", "pieces", "init_pieces", "update_pieces", "leaf_sums", "leaf_sizes"]
+
+#: Above this many runs of equal-sized leaves, segment reductions use one ``segment_sum``.
+MAX_RUNS = 32
 
 
 def stages_of(tx: Any) -> list:
@@ -133,3 +140,41 @@ def update_pieces(
         for s in stage.slots:
             new[s].append(jnp.ravel(ns[s]))
     return concat(outs), {s: concat(v) for s, v in new.items()}
+
+
+def _runs(group: Group) -> list[tuple[int, int, int]]:
+    """Consecutive leaves of equal size as ``(offset, count, size)`` runs."""
+    out: list[tuple[int, int, int]] = []
+    for o, n in zip(group.offsets, group.sizes):
+        if out and out[-1][2] == n and out[-1][0] + out[-1][1] * n == o:
+            out[-1] = (out[-1][0], out[-1][1] + 1, n)
+        else:
+            out.append((o, 1, n))
+    return out
+
+
+def leaf_sums(x: jax.Array, group: Group) -> jax.Array:
+    """Per element of a packed buffer ``x``, the sum of ``x`` over the leaf it belongs to.
+
+    Runs of equal-sized leaves are reduced as ``(count, size)`` blocks (few, cheap ops); a
+    buffer of many runs uses one ``segment_sum`` over segment ids instead, so the program
+    stays small whatever the number of leaves.
+    """
+    runs = _runs(group)
+    if len(runs) <= MAX_RUNS:
+        parts = []
+        for o, k, n in runs:
+            block = segment(x, o, k * n).reshape(k, n)
+            parts.append(jnp.broadcast_to(block.sum(axis=1, keepdims=True), (k, n)).ravel())
+        return concat(parts)
+    sizes = np.asarray(group.sizes)
+    ids = jnp.repeat(jnp.arange(len(sizes), dtype=jnp.int32), sizes, total_repeat_length=x.size)
+    sums = jax.ops.segment_sum(x, ids, num_segments=len(sizes), indices_are_sorted=True)
+    return sums[ids]
+
+
+def leaf_sizes(group: Group, dtype: Any) -> jax.Array:
+    """Per element of a packed buffer, the number of elements of its leaf (as ``dtype``)."""
+    sizes = np.asarray(group.sizes)
+    per_leaf = jnp.asarray(sizes, dtype)
+    return jnp.repeat(per_leaf, sizes, total_repeat_length=int(sizes.sum()))

@@ -284,3 +284,33 @@ def test_equal_layouts_are_one_object():
     b = gradtx.pack([jnp.ones(2) for _ in range(50)])
     assert a.layout is b.layout and hash(a.layout) == hash(b.layout)
     assert gradtx.pack([jnp.zeros(3) for _ in range(50)]).layout != a.layout
+
+
+@pytest.mark.parametrize("sizes", ["equal", "varied"])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: gradtx.lamb(1e-2, weight_decay=0.1),
+        lambda: gradtx.lars(0.1, weight_decay=1e-3),
+        lambda: gradtx.chain(gradtx.clip_by_block_rms(0.05), gradtx.sgd(0.1)),
+    ],
+    ids=["lamb", "lars", "block_rms"],
+)
+def test_leafwise_stages_reduce_per_segment(make, sizes):
+    """Trust ratios and block RMS run once on a buffer with per-leaf (segment) reductions:
+    equal-sized leaves as blocks, and more than MAX_RUNS runs through one segment_sum."""
+    from gradtx._packed_tx import MAX_RUNS
+
+    n = MAX_RUNS + 8
+    shapes = [(4, 3)] * n if sizes == "equal" else [(3 + i % 4,) for i in range(n)]
+    keys = jax.random.split(jax.random.PRNGKey(7), n)
+    p = {f"w{i:02d}": jax.random.normal(k, s) for i, (k, s) in enumerate(zip(keys, shapes))}
+    tx = make()
+    ref, _ = _run(tx, p)
+    packed = gradtx.pack(p, threshold=None)
+    assert len(packed.buffers) == 1
+    out, _ = _run(tx, packed)
+    _close(gradtx.unpack(out), ref)
+    # The stage ran once on the buffer: no per-leaf slicing of it in the program.
+    jaxpr = str(jax.make_jaxpr(lambda q, s: tx.update(q, s, q))(packed, tx.init(packed)))
+    assert jaxpr.count("slice") < n
