@@ -7,7 +7,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._base import Context
-from ._clipping import rms
 from ._knobs import Scale
 from ._struct import hyper, static
 
@@ -22,6 +21,11 @@ def factored_dims(shape: tuple[int, ...], factored: bool, min_dim: int) -> tuple
     if shape[order[-2]] < min_dim:
         return None
     return int(order[-2]), int(order[-1])
+
+
+def rms(x: jax.Array) -> jax.Array:
+    """The root mean square of all entries of one array."""
+    return jnp.sqrt(jnp.mean(x * x))
 
 
 class FactoredScale(Scale):

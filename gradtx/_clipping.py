@@ -80,11 +80,6 @@ class ClipByGlobalNorm(Stage):
         return g * ctx.factor, slots
 
 
-def rms(x: jax.Array) -> jax.Array:
-    """The root mean square of all entries of one array."""
-    return jnp.sqrt(jnp.mean(x * x))
-
-
 class ClipByBlockRms(Stage):
     r"""Rescales each array so its root mean square is at most ``threshold``.
 
@@ -102,15 +97,10 @@ class ClipByBlockRms(Stage):
         return g / jnp.maximum(1, jnp.sqrt(ctx.leaf_mean(g * g)) / self.threshold), slots
 
 
-def unitwise_norm(x: jax.Array) -> jax.Array:
+def unit_norms(x: jax.Array) -> jax.Array:
     """Norm per output unit: over everything for scalars and vectors, else over all but the
-    last axis (flax's ``(..., in, out)`` kernels), broadcast back to ``x``'s shape."""
-    return jnp.broadcast_to(_unit_norms(x), x.shape)
-
-
-def _unit_norms(x: jax.Array) -> jax.Array:
-    """:func:`unitwise_norm` before the broadcast: a scalar, or ``x``'s shape with all but the
-    last axis of size 1 (so it broadcasts against a sharded ``x`` without resharding)."""
+    last axis (flax's ``(..., in, out)`` kernels). A scalar, or ``x``'s shape with all but the
+    last axis of size 1, so it broadcasts against a sharded ``x`` without resharding."""
     if x.ndim <= 1:
         return jnp.sqrt(jnp.sum(x * x))
     return jnp.sqrt(jnp.sum(x * x, axis=tuple(range(x.ndim - 1)), keepdims=True))
@@ -123,7 +113,7 @@ class AdaptiveGradClip(Stage):
         u_i = g_i \cdot \min\!\left(1,\;
             \lambda \frac{\max(\lVert\theta_i\rVert, \epsilon)}{\lVert g_i\rVert}\right)
 
-    per output unit ``i`` (see :func:`unitwise_norm`).
+    per output unit ``i`` (see :func:`unit_norms`).
 
     Warning:
       For 3-d arrays optax reduces over axis 0 only; gradtx reduces over all but the last axis.
@@ -141,8 +131,8 @@ class AdaptiveGradClip(Stage):
     eps: float = hyper(1e-3, "nonnegative")
 
     def update_leaf(self, g, slots, param, ctx: Context):
-        max_norm = jnp.maximum(_unit_norms(param), self.eps) * self.clipping
-        g_norm = _unit_norms(g)
+        max_norm = jnp.maximum(unit_norms(param), self.eps) * self.clipping
+        g_norm = unit_norms(g)
         # The factor is computed on the reduced norms and broadcast by the product alone.
         factor = jnp.where(g_norm > max_norm, max_norm / jnp.maximum(g_norm, 1e-6), 1.0)
         return g * factor, slots
