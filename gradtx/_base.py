@@ -130,8 +130,9 @@ class Stage(GradientTransformation):
     requires: ClassVar[tuple[str, ...]] = ()
     #: The rule maps element ``i`` of ``g``, of each slot and of ``param`` to element ``i`` of
     #: its outputs alone (slots shaped like the array; global values read as scalars from
-    #: ``prepare``). Such a rule runs once on a whole packed buffer; any other rule runs on
-    #: each leaf's view of the buffer (see :mod:`gradtx._packed_tx`). ``False`` is always safe.
+    #: ``prepare``). Such a rule runs once on a whole packed buffer; any other rule runs once
+    #: per stack of equal-shape leaves, vmapped (see :mod:`gradtx._packed_tx`). ``False`` is
+    #: always safe.
     elementwise: ClassVar[bool] = False
     #: The rule is elementwise except for reductions over the whole array, which it makes only
     #: through ``ctx.leaf_sum`` / ``ctx.leaf_mean`` (block RMS, trust ratios); it keeps no slots
@@ -332,7 +333,9 @@ def compute_dtype(dtype: Any) -> Any:
 def _at_dtype(hp: Stage, step: Any, values: dict, extra: dict, dtype: Any) -> tuple[Stage, Context]:
     cast = lambda v: jnp.asarray(v, dtype)  # noqa: E731
     hp_c = jax.tree_util.tree_map(cast, hp)
-    t = None if step is None else (step + 1).astype(dtype)
+    # t from the saturating next count, the value stored as the new count: XLA then keeps one
+    # scalar (no copy of the donated count); equal to step + 1 below the int32 maximum.
+    t = None if step is None else increment(step).astype(dtype)
     return hp_c, Context(step, t, jax.tree_util.tree_map(cast, values), extra)
 
 

@@ -11,10 +11,11 @@ A ``leafwise`` rule is elementwise except for reductions over the whole array ma
 buffer, with a context whose reductions are per leaf segment (:func:`leaf_sums`).
 
 Any other rule (adaptive gradient clipping, Adafactor's factored moments -- anything that
-depends on the shape of one parameter) runs on each leaf's *view*: the buffer is sliced into
-the leaves, each reshaped to its own shape, the rule runs per leaf, and the results are
-concatenated. Its slots on a buffer are
-the concatenation of each leaf's ravelled slots (so they need not be params-sized).
+depends on the shape of one parameter) runs once per *stack*: consecutive leaves of one shape
+(``pack`` puts equal shapes next to each other) are one slice of the buffer reshaped to
+``(count, *shape)``, the rule runs on it through ``jax.vmap`` with the context shared, and the
+stacks' results are concatenated. Its slots on a buffer are the concatenation of each leaf's
+ravelled slots in buffer order (so they need not be params-sized).
 
 Masks: a buffer whose leaves are all in (or all out of) a stage's mask runs (or passes) as a
 whole; a buffer that mixes both runs piecewise, masked-out leaves passing through and holding
@@ -53,32 +54,42 @@ def stages_of(tx: Any) -> list:
 
 @dataclasses.dataclass(frozen=True)
 class Piece:
-    """A contiguous part of a buffer that a rule sees as one array."""
+    """A contiguous part of a buffer that a rule sees as ``count`` arrays of ``shape``: one
+    1-D run for an elementwise rule, else a stack of consecutive same-shape leaves."""
 
     offset: int
-    size: int
+    count: int
     shape: tuple[int, ...]
     active: bool
 
+    @property
+    def size(self) -> int:
+        return self.count * int(np.prod(self.shape, dtype=np.int64))
+
 
 def pieces(group: Group, mask: Any, elementwise: bool) -> list[Piece]:
-    """Splits a buffer for a rule: per leaf (its own shape) unless the rule is elementwise,
-    in which case consecutive leaves with the same mask value form one 1-D piece."""
+    """Splits a buffer for a rule. Elementwise: consecutive leaves with the same mask value form
+    one 1-D piece. Otherwise: consecutive leaves with the same shape and mask value form one
+    stack (``pack`` puts equal shapes next to each other, so a buffer has about as many stacks
+    as distinct leaf shapes)."""
     n = len(group.indices)
     flags = [bool(mask)] * n if isinstance(mask, bool) else [bool(m) for m in mask]
     sizes = group.sizes
     out: list[Piece] = []
-    if not elementwise:
-        for o, s, shp, a in zip(group.offsets, sizes, group.shapes, flags):
-            out.append(Piece(o, s, shp, a))
-        return out
     i = 0
     while i < n:
         j = i
-        while j + 1 < n and flags[j + 1] == flags[i]:
+        while (
+            j + 1 < n
+            and flags[j + 1] == flags[i]
+            and (elementwise or group.shapes[j + 1] == group.shapes[i])
+        ):
             j += 1
-        size = sum(sizes[i : j + 1])
-        out.append(Piece(group.offsets[i], size, (size,), flags[i]))
+        if elementwise:
+            size = sum(sizes[i : j + 1])
+            out.append(Piece(group.offsets[i], 1, (size,), flags[i]))
+        else:
+            out.append(Piece(group.offsets[i], j + 1 - i, group.shapes[i], flags[i]))
         i = j + 1
     return out
 
@@ -92,14 +103,28 @@ def _slot_shapes(stage: Any, shape: tuple, dtype: Any, cache: dict) -> dict[str,
     return cache[shape]
 
 
+def _stacked(x: jax.Array, pc: Piece, shape: tuple, at: int = -1) -> jax.Array:
+    """The piece ``pc`` of the 1-D ``x`` as ``(count, *shape)`` (or ``shape`` for one array);
+    ``at`` overrides the offset (slots that are not laid out like the params)."""
+    n = int(np.prod(shape, dtype=np.int64))
+    seg = segment(x, pc.offset if at < 0 else at, pc.count * n)
+    return seg.reshape((pc.count, *shape) if pc.count > 1 else shape)
+
+
+def _per_array(fn: Any, count: int) -> Any:
+    """``fn`` for one array, or mapped over a stack of ``count`` arrays with ``jax.vmap``."""
+    return fn if count == 1 else jax.vmap(fn)
+
+
 def init_pieces(stage: Any, buf: jax.Array, group: Group, mask: Any) -> dict[str, jax.Array]:
-    """The slots of ``stage`` on a packed buffer: each active piece's slots, ravelled and
-    concatenated (params-sized for an elementwise stage with every leaf active)."""
+    """The slots of ``stage`` on a packed buffer: each active leaf's slots, ravelled and
+    concatenated in buffer order (params-sized for an elementwise stage with every leaf
+    active). A stack of same-shape leaves is initialised with one ``vmap`` of ``init_leaf``."""
     parts: dict[str, list] = {s: [] for s in stage.slots}
     for pc in pieces(group, mask, stage.elementwise):
         if not pc.active:
             continue
-        slots = stage.init_leaf(segment(buf, pc.offset, pc.size).reshape(pc.shape))
+        slots = _per_array(stage.init_leaf, pc.count)(_stacked(buf, pc, pc.shape))
         for s in stage.slots:
             parts[s].append(jnp.ravel(slots[s]))
     return {s: concat(v) for s, v in parts.items()}
@@ -117,25 +142,29 @@ def update_pieces(
     """``stage.update_leaf`` on a packed buffer, piece by piece (see the module docstring).
 
     ``g``, ``slots`` and ``param`` are the buffer's (already in the compute dtype); returns
-    the buffer's update and slots in the same layout as :func:`init_pieces`.
+    the buffer's update and slots in the same layout as :func:`init_pieces`. A stack of
+    ``count`` same-shape leaves runs as one ``jax.vmap`` of the rule (``ctx`` shared), so the
+    program grows with the number of distinct shapes, not of leaves.
     """
     outs: list = []
     new: dict[str, list] = {s: [] for s in stage.slots}
     at = {s: 0 for s in stage.slots}
     cache: dict = {}
     for pc in pieces(group, mask, stage.elementwise):
-        gi = segment(g, pc.offset, pc.size)
         if not pc.active:
-            outs.append(gi)
+            outs.append(segment(g, pc.offset, pc.size))
             continue
         shapes = _slot_shapes(stage, pc.shape, g.dtype, cache)
         sl = {}
         for s in stage.slots:
-            n = int(np.prod(shapes[s], dtype=np.int64))
-            sl[s] = segment(slots[s], at[s], n).reshape(shapes[s])
-            at[s] += n
-        p = None if param is None else segment(param, pc.offset, pc.size).reshape(pc.shape)
-        u, ns = stage.update_leaf(gi.reshape(pc.shape), sl, p, ctx)
+            sl[s] = _stacked(slots[s], pc, shapes[s], at[s])
+            at[s] += pc.count * int(np.prod(shapes[s], dtype=np.int64))
+        p = None if param is None else _stacked(param, pc, pc.shape)
+
+        def rule(gi: jax.Array, si: dict, pi: Any) -> Any:
+            return stage.update_leaf(gi, si, pi, ctx)
+
+        u, ns = _per_array(rule, pc.count)(_stacked(g, pc, pc.shape), sl, p)
         outs.append(jnp.ravel(u))
         for s in stage.slots:
             new[s].append(jnp.ravel(ns[s]))
@@ -153,28 +182,55 @@ def _runs(group: Group) -> list[tuple[int, int, int]]:
     return out
 
 
+def leaf_ids(group: Group) -> jax.Array:
+    """Per element of a packed buffer, the position (in buffer order) of the leaf it belongs
+    to, computed from an iota inside the program (no buffer-sized constant): the element's run
+    of equal-sized leaves by comparisons (a binary search past :data:`MAX_RUNS` runs), then
+    the leaf within the run by an integer division."""
+    runs = _runs(group)
+    i = jax.lax.iota(jnp.int32, group.size)
+    starts = np.asarray([o for o, _, _ in runs], np.int32)
+    sizes = np.asarray([n for _, _, n in runs], np.int32)
+    bases = np.concatenate([[0], np.cumsum([k for _, k, _ in runs])[:-1]]).astype(np.int32)
+    if len(runs) <= MAX_RUNS:
+        ids = jnp.zeros_like(i)
+        for o, b, n in zip(starts.tolist(), bases.tolist(), sizes.tolist()):
+            ids = jnp.where(i >= o, b + (i - o) // n, ids)
+        return ids
+    r = jnp.searchsorted(jnp.asarray(starts), i, side="right", method="scan_unrolled") - 1
+    return jnp.asarray(bases)[r] + (i - jnp.asarray(starts)[r]) // jnp.asarray(sizes)[r]
+
+
 def leaf_sums(x: jax.Array, group: Group) -> jax.Array:
     """Per element of a packed buffer ``x``, the sum of ``x`` over the leaf it belongs to.
 
-    Runs of equal-sized leaves are reduced as ``(count, size)`` blocks (few, cheap ops); a
-    buffer of many runs uses one ``segment_sum`` over segment ids instead, so the program
-    stays small whatever the number of leaves.
+    One run of equal-sized leaves is reduced as a ``(count, size)`` block and broadcast back.
+    Several runs (up to :data:`MAX_RUNS`) are reduced block by block into one value per leaf,
+    a buffer of more runs with one ``segment_sum``; the per-leaf values are then read back per
+    element through :func:`leaf_ids` (a gather from a vector of one value per leaf).
+
+    Why not broadcast each run and concatenate: on XLA:CPU (jaxlib 0.10.2) a loop fusion that
+    reads such a concatenation of broadcasts twice (e.g. ``where(s == 0, 1, s / t)``) was
+    miscompiled for small leaves (a segfault, or wrong values), tested in
+    ``tests/test_packing.py``.
     """
     runs = _runs(group)
+    if len(runs) == 1:
+        o, k, n = runs[0]
+        block = segment(x, o, k * n).reshape(k, n)
+        return jnp.broadcast_to(block.sum(axis=1, keepdims=True), (k, n)).ravel()
+    ids = leaf_ids(group)
     if len(runs) <= MAX_RUNS:
-        parts = []
-        for o, k, n in runs:
-            block = segment(x, o, k * n).reshape(k, n)
-            parts.append(jnp.broadcast_to(block.sum(axis=1, keepdims=True), (k, n)).ravel())
-        return concat(parts)
-    sizes = np.asarray(group.sizes)
-    ids = jnp.repeat(jnp.arange(len(sizes), dtype=jnp.int32), sizes, total_repeat_length=x.size)
-    sums = jax.ops.segment_sum(x, ids, num_segments=len(sizes), indices_are_sorted=True)
+        sums = concat([segment(x, o, k * n).reshape(k, n).sum(axis=1) for o, k, n in runs])
+    else:
+        n_leaves = len(group.sizes)
+        sums = jax.ops.segment_sum(x, ids, num_segments=n_leaves, indices_are_sorted=True)
     return sums[ids]
 
 
 def leaf_sizes(group: Group, dtype: Any) -> jax.Array:
     """Per element of a packed buffer, the number of elements of its leaf (as ``dtype``)."""
-    sizes = np.asarray(group.sizes)
-    per_leaf = jnp.asarray(sizes, dtype)
-    return jnp.repeat(per_leaf, sizes, total_repeat_length=int(sizes.sum()))
+    runs = _runs(group)
+    if len(runs) == 1:
+        return jnp.full((group.size,), runs[0][2], dtype)
+    return jnp.asarray(np.asarray(group.sizes), dtype)[leaf_ids(group)]

@@ -226,9 +226,10 @@ def pack(
     Leaves are grouped by dtype, by placement (a leaf replicated on a mesh goes into a buffer
     replicated on that mesh) and, when ``tx`` is given, by the value of every mask of ``tx``'s
     stages (so each buffer is all-in or all-out of each mask and runs unsplit). Within a group
-    the leaves keep their tree order. Integer and boolean leaves, ``None`` leaves, leaves
-    sharded across devices (not fully replicated) and leaves larger than ``threshold`` are kept
-    as they are.
+    leaves of equal shape are placed next to each other (shapes in order of first appearance,
+    each in tree order), so a non-elementwise stage runs once per distinct shape. Integer and
+    boolean leaves, ``None`` leaves, leaves sharded across devices (not fully replicated) and
+    leaves larger than ``threshold`` are kept as they are.
 
     Works on concrete arrays (the buffers are placed like their leaves) and inside ``jit``.
 
@@ -271,6 +272,7 @@ def pack(
         order.setdefault((jnp.dtype(x.dtype).name, place, masks[i]), []).append(i)
     groups, buffers = [], []
     for (dtype, place, mkey), idx in order.items():
+        idx = _by_shape(idx, leaves)
         shapes = tuple(tuple(int(d) for d in np.shape(leaves[i])) for i in idx)
         sizes = [int(np.prod(s, dtype=np.int64)) for s in shapes]
         offsets = tuple(int(o) for o in np.concatenate([[0], np.cumsum(sizes)[:-1]]))
@@ -284,6 +286,16 @@ def pack(
     layout = Layout(treedef, paths, tuple(groups), tuple(big))
     layout = _INTERNED.setdefault(layout, layout)
     return Packed(tuple(buffers), tuple(leaves[i] for i in big), layout)
+
+
+def _by_shape(idx: list[int], leaves: list) -> list[int]:
+    """``idx`` with leaves of equal shape next to each other: shapes in order of first
+    appearance, leaves of one shape in tree order. Stages that are not elementwise then run
+    once per stack of equal shapes, and segment reductions once per run of equal sizes."""
+    by: dict[tuple, list[int]] = {}
+    for i in idx:
+        by.setdefault(tuple(np.shape(leaves[i])), []).append(i)
+    return [i for run in by.values() for i in run]
 
 
 def _split(buf: jax.Array, offsets: tuple, shapes: tuple) -> tuple:

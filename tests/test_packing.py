@@ -286,7 +286,7 @@ def test_equal_layouts_are_one_object():
     assert gradtx.pack([jnp.zeros(3) for _ in range(50)]).layout != a.layout
 
 
-@pytest.mark.parametrize("sizes", ["equal", "varied"])
+@pytest.mark.parametrize("sizes", ["equal", "varied", "distinct"])
 @pytest.mark.parametrize(
     "make",
     [
@@ -298,19 +298,93 @@ def test_equal_layouts_are_one_object():
 )
 def test_leafwise_stages_reduce_per_segment(make, sizes):
     """Trust ratios and block RMS run once on a buffer with per-leaf (segment) reductions:
-    equal-sized leaves as blocks, and more than MAX_RUNS runs through one segment_sum."""
-    from gradtx._packed_tx import MAX_RUNS
+    one run of equal-sized leaves as a block, a few runs (``pack`` sorts leaves by shape, so
+    sizes 3..6 interleaved become 4 runs) block by block, and more than MAX_RUNS distinct sizes
+    through one segment_sum."""
+    from gradtx._packed_tx import MAX_RUNS, _runs
 
     n = MAX_RUNS + 8
-    shapes = [(4, 3)] * n if sizes == "equal" else [(3 + i % 4,) for i in range(n)]
+    shapes = {
+        "equal": [(4, 3)] * n,
+        "varied": [(3 + i % 4,) for i in range(n)],
+        "distinct": [(3 + i,) for i in range(n)],
+    }[sizes]
     keys = jax.random.split(jax.random.PRNGKey(7), n)
     p = {f"w{i:02d}": jax.random.normal(k, s) for i, (k, s) in enumerate(zip(keys, shapes))}
     tx = make()
     ref, _ = _run(tx, p)
     packed = gradtx.pack(p, threshold=None)
     assert len(packed.buffers) == 1
+    assert len(_runs(packed.layout.groups[0])) == {"equal": 1, "varied": 4, "distinct": n}[sizes]
     out, _ = _run(tx, packed)
     _close(gradtx.unpack(out), ref)
     # The stage ran once on the buffer: no per-leaf slicing of it in the program.
     jaxpr = str(jax.make_jaxpr(lambda q, s: tx.update(q, s, q))(packed, tx.init(packed)))
     assert jaxpr.count("slice") < n
+
+
+def test_pack_puts_equal_shapes_together():
+    """Within a buffer, leaves of one shape are adjacent (shapes in order of first appearance,
+    each in tree order); unpack still restores the tree exactly."""
+    shapes = [(3,), (2, 2), (3,), (5,), (2, 2), (3,)]
+    p = [jnp.full(s, float(i)) for i, s in enumerate(shapes)]
+    packed = gradtx.pack(p, threshold=None)
+    g = packed.layout.groups[0]
+    assert g.indices == (0, 2, 5, 1, 4, 3)
+    assert g.shapes == ((3,), (3,), (3,), (2, 2), (2, 2), (5,))
+    chex.assert_trees_all_equal(gradtx.unpack(packed), p)
+    np.testing.assert_array_equal(packed.buffers[0][:9], np.repeat([0.0, 2.0, 5.0], 3))
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: gradtx.chain(gradtx.adaptive_grad_clip(0.05), gradtx.sgd(0.1)),
+        lambda: gradtx.adafactor(1e-2, min_dim_size_to_factor=2),
+    ],
+    ids=["agc", "adafactor"],
+)
+def test_shape_dependent_stages_run_once_per_shape(make):
+    """Stages that depend on a leaf's shape run once per stack of equal-shape leaves (a vmap of
+    the rule), not once per leaf, and equal the per-leaf results."""
+    n = 30
+    shapes = [(4, 3), (5,), (2, 3, 2)]
+    keys = jax.random.split(jax.random.PRNGKey(3), 3 * n)
+    p = {f"w{i:03d}": jax.random.normal(k, shapes[i % 3]) for i, k in enumerate(keys)}
+    tx = make()
+    ref, ref_state = _run(tx, p)
+    packed = gradtx.pack(p, threshold=None)
+    out, state = _run(tx, packed)
+    _close(gradtx.unpack(out), ref)
+    if "knobs" in state:  # adafactor: each leaf's ravelled row statistics, in buffer order
+        order = packed.layout.groups[0].indices
+        rows = [jnp.ravel(ref_state.knobs.v_row[f"w{i:03d}"]) for i in order]
+        np.testing.assert_allclose(state.knobs.v_row.buffers[0], jnp.concatenate(rows), rtol=2e-5)
+    jaxpr = str(jax.make_jaxpr(lambda q, s: tx.update(q, s, q))(packed, tx.init(packed)))
+    assert jaxpr.count(" slice[") < n  # 3 stacks, not 90 views
+
+
+@pytest.mark.parametrize("count", [2, 4, 10])
+def test_segment_sums_of_small_leaves_are_exact(count):
+    """Regression: broadcasting each run's sums and concatenating them, read twice by one
+    fusion (``where(s == 0, 1, s / t)``, as the trust ratio does), was miscompiled by XLA:CPU
+    for small leaves (jaxlib 0.10.2: a segfault or wrong values). Compared with float64."""
+    from gradtx._base import Context, SegmentContext
+
+    shapes = [(s,) for s in (3, 4, 5, 6) for _ in range(count)]
+    x = jnp.arange(sum(s[0] for s in shapes), dtype=jnp.float32) % 7
+    packed = gradtx.pack([jnp.zeros(s) for s in shapes], threshold=None)
+    ctx = SegmentContext(Context(None, None, {}, {}), packed.layout.groups[0])
+
+    def f(a, b):
+        pn, un = jnp.sqrt(ctx.leaf_sum(b)), jnp.sqrt(ctx.leaf_mean(a))
+        return a * jnp.where((pn == 0) | (un == 0), 1.0, pn / un)
+
+    got = np.asarray(jax.jit(f)(x, x + 1))
+    xs, ref, o = np.asarray(x, np.float64), [], 0
+    for (n,) in shapes:
+        a = xs[o : o + n]
+        pn, un = np.sqrt((a + 1).sum()), np.sqrt(a.mean())
+        ref.append(a * (1.0 if pn == 0 or un == 0 else pn / un))
+        o += n
+    np.testing.assert_allclose(got, np.concatenate(ref), rtol=1e-6)
