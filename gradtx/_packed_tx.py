@@ -185,20 +185,29 @@ def _runs(group: Group) -> list[tuple[int, int, int]]:
 def leaf_ids(group: Group) -> jax.Array:
     """Per element of a packed buffer, the position (in buffer order) of the leaf it belongs
     to, computed from an iota inside the program (no buffer-sized constant): the element's run
-    of equal-sized leaves by comparisons (a binary search past :data:`MAX_RUNS` runs), then
-    the leaf within the run by an integer division."""
+    of equal-sized leaves by comparing with every run's start (a binary search past
+    :data:`MAX_RUNS` runs), then the leaf within the run by one integer division."""
+    if group.size >= 2**31:
+        raise ValueError(
+            f"gradtx: a packed buffer of {group.size} elements is too large for per-leaf "
+            "reductions (int32 element indices); pack fewer leaves per buffer (threshold=...)"
+        )
     runs = _runs(group)
     i = jax.lax.iota(jnp.int32, group.size)
-    starts = np.asarray([o for o, _, _ in runs], np.int32)
-    sizes = np.asarray([n for _, _, n in runs], np.int32)
-    bases = np.concatenate([[0], np.cumsum([k for _, k, _ in runs])[:-1]]).astype(np.int32)
-    if len(runs) <= MAX_RUNS:
-        ids = jnp.zeros_like(i)
-        for o, b, n in zip(starts.tolist(), bases.tolist(), sizes.tolist()):
-            ids = jnp.where(i >= o, b + (i - o) // n, ids)
-        return ids
-    r = jnp.searchsorted(jnp.asarray(starts), i, side="right", method="scan_unrolled") - 1
-    return jnp.asarray(bases)[r] + (i - jnp.asarray(starts)[r]) // jnp.asarray(sizes)[r]
+    starts = jnp.asarray([o for o, _, _ in runs], jnp.int32)
+    sizes = jnp.asarray([n for _, _, n in runs], jnp.int32)
+    bases = jnp.asarray(np.cumsum([0] + [k for _, k, _ in runs[:-1]]), jnp.int32)
+    method = "compare_all" if len(runs) <= MAX_RUNS else "scan_unrolled"
+    r = jnp.searchsorted(starts, i, side="right", method=method) - 1
+    within, size = i - starts[r], sizes[r]
+    if max(k * n for _, k, n in runs) <= 2**24:
+        # floor of a correctly rounded float32 quotient is exact for integers up to 2**24 (the
+        # offset within a run), and float division vectorises on CPUs where integer division
+        # does not (4x faster on the 2-core CPU)
+        q = jnp.floor(within.astype(jnp.float32) / size.astype(jnp.float32)).astype(jnp.int32)
+    else:
+        q = within // size
+    return bases[r] + q
 
 
 def leaf_sums(x: jax.Array, group: Group) -> jax.Array:

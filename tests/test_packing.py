@@ -388,3 +388,34 @@ def test_segment_sums_of_small_leaves_are_exact(count):
         ref.append(a * (1.0 if pn == 0 or un == 0 else pn / un))
         o += n
     np.testing.assert_allclose(got, np.concatenate(ref), rtol=1e-6)
+
+
+def test_segment_reductions_refuse_buffers_beyond_int32():
+    from gradtx._packed_tx import leaf_ids
+    from gradtx._packing import Group
+
+    n = 2**31
+    big = Group("float32", (0, 1), (0, n // 2), ((n // 2,), (n // 2,)), n)
+    with pytest.raises(ValueError, match="too large for per-leaf reductions"):
+        leaf_ids(big)
+
+
+@pytest.mark.parametrize("case", ["few_runs", "many_runs", "beyond_float32"])
+def test_leaf_ids_are_exact(case):
+    """The leaf of every element, against NumPy: compare-all search with a float quotient (few
+    runs), a binary search (more than MAX_RUNS runs), and integer division in a run longer
+    than 2**24 elements."""
+    from gradtx._packed_tx import MAX_RUNS, leaf_ids
+    from gradtx._packing import Group
+
+    sizes = {
+        "few_runs": [7] * 30 + [9] * 30 + [100] * 5,
+        "many_runs": [3 + i for i in range(MAX_RUNS + 20)],
+        # a run of 5 leaves of 2**22 + 1: offsets within it pass 2**24, where float32 rounds
+        "beyond_float32": [3] * 5 + [2**22 + 1] * 5 + [7] * 4,
+    }[case]
+    offsets = tuple(int(o) for o in np.concatenate([[0], np.cumsum(sizes)[:-1]]))
+    group = Group(
+        "float32", tuple(range(len(sizes))), offsets, tuple((s,) for s in sizes), sum(sizes)
+    )
+    np.testing.assert_array_equal(leaf_ids(group), np.repeat(np.arange(len(sizes)), sizes))
