@@ -67,7 +67,8 @@ class Context:
     Attributes:
       step: int32 number of updates already applied (0 at the first update), or ``None`` when
         the stage keeps no counter.
-      t: ``step + 1`` as a float in the rule's compute dtype (for bias corrections), or ``None``.
+      t: ``step + 1`` (saturating at the int32 maximum) as a float in the rule's compute dtype
+        (for bias corrections), or ``None``.
       extra: the keyword arguments given to ``update``.
     """
 

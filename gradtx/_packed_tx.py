@@ -35,6 +35,10 @@ from ._packing import Group, concat, segment
 
 __all__ = ["stages_of", "pieces", "init_pieces", "update_pieces", "leaf_sums", "leaf_sizes"]
 
+#: Float division used by :func:`leaf_ids` (a module attribute so that tests can make it
+#: inexact, as GPU and TPU division may be).
+_divide = jnp.divide
+
 #: Above this many runs of equal-sized leaves, segment reductions use one ``segment_sum``.
 MAX_RUNS = 32
 
@@ -186,7 +190,8 @@ def leaf_ids(group: Group) -> jax.Array:
     """Per element of a packed buffer, the position (in buffer order) of the leaf it belongs
     to, computed from an iota inside the program (no buffer-sized constant): the element's run
     of equal-sized leaves by comparing with every run's start (a binary search past
-    :data:`MAX_RUNS` runs), then the leaf within the run by one integer division."""
+    :data:`MAX_RUNS` runs), then the leaf within the run by one division (a corrected float32
+    quotient in runs of up to 2**22 elements, an integer quotient beyond)."""
     if group.size >= 2**31:
         raise ValueError(
             f"gradtx: a packed buffer of {group.size} elements is too large for per-leaf "
@@ -200,11 +205,14 @@ def leaf_ids(group: Group) -> jax.Array:
     method = "compare_all" if len(runs) <= MAX_RUNS else "scan_unrolled"
     r = jnp.searchsorted(starts, i, side="right", method=method) - 1
     within, size = i - starts[r], sizes[r]
-    if max(k * n for _, k, n in runs) <= 2**24:
-        # floor of a correctly rounded float32 quotient is exact for integers up to 2**24 (the
-        # offset within a run), and float division vectorises on CPUs where integer division
-        # does not (4x faster on the 2-core CPU)
-        q = jnp.floor(within.astype(jnp.float32) / size.astype(jnp.float32)).astype(jnp.int32)
+    if max(k * n for _, k, n in runs) <= 2**22:
+        # A float32 quotient (which vectorises on CPUs, where integer division does not: 4x
+        # faster on the 2-core CPU), then one exact integer correction: GPU and TPU float
+        # division may be off by a few ulp, which moves the quotient by at most 1 below 2**22.
+        q = jnp.floor(_divide(within.astype(jnp.float32), size.astype(jnp.float32)))
+        q = q.astype(jnp.int32)
+        rem = within - q * size
+        q = q + (rem >= size).astype(jnp.int32) - (rem < 0).astype(jnp.int32)
     else:
         q = within // size
     return bases[r] + q
