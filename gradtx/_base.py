@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 import jax
 import jax.numpy as jnp
 
-from ._packed_tx import init_pieces, leaf_sizes, leaf_sums, update_pieces
+from ._packed_tx import init_pieces, leaf_sums, update_pieces
 from ._packing import flat_segments, logical_tree, packed_mask
 from ._state import State
 from ._struct import FrozenTree, Struct, has_schedule, resolve
@@ -111,7 +111,7 @@ class SegmentContext(Context):
         return leaf_sums(x, self._group)
 
     def leaf_mean(self, x: jax.Array) -> jax.Array:
-        return leaf_sums(x, self._group) / leaf_sizes(self._group, x.dtype)
+        return leaf_sums(x, self._group, mean=True)
 
 
 class Stage(GradientTransformation):

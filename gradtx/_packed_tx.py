@@ -33,7 +33,7 @@ import numpy as np
 
 from ._packing import Group, concat, segment
 
-__all__ = ["stages_of", "pieces", "init_pieces", "update_pieces", "leaf_sums", "leaf_sizes"]
+__all__ = ["stages_of", "pieces", "init_pieces", "update_pieces", "leaf_sums"]
 
 #: Float division used by :func:`leaf_ids` (a module attribute so that tests can make it
 #: inexact, as GPU and TPU division may be).
@@ -218,13 +218,15 @@ def leaf_ids(group: Group) -> jax.Array:
     return bases[r] + q
 
 
-def leaf_sums(x: jax.Array, group: Group) -> jax.Array:
-    """Per element of a packed buffer ``x``, the sum of ``x`` over the leaf it belongs to.
+def leaf_sums(x: jax.Array, group: Group, mean: bool = False) -> jax.Array:
+    """Per element of a packed buffer ``x``, the sum (or with ``mean``, the mean) of ``x`` over
+    the leaf it belongs to.
 
     One run of equal-sized leaves is reduced as a ``(count, size)`` block and broadcast back.
     Several runs (up to :data:`MAX_RUNS`) are reduced block by block into one value per leaf,
-    a buffer of more runs with one ``segment_sum``; the per-leaf values are then read back per
-    element through :func:`leaf_ids` (a gather from a vector of one value per leaf).
+    a buffer of more runs with one ``segment_sum``; a mean divides these per-leaf values by
+    the leaf sizes, and the per-leaf values are then read back per element through
+    :func:`leaf_ids` (a gather from a vector of one value per leaf).
 
     Why not broadcast each run and concatenate: on XLA:CPU (jaxlib 0.10.2) a loop fusion that
     reads such a concatenation of broadcasts twice (e.g. ``where(s == 0, 1, s / t)``) was
@@ -235,19 +237,14 @@ def leaf_sums(x: jax.Array, group: Group) -> jax.Array:
     if len(runs) == 1:
         o, k, n = runs[0]
         block = segment(x, o, k * n).reshape(k, n)
-        return jnp.broadcast_to(block.sum(axis=1, keepdims=True), (k, n)).ravel()
+        red = block.mean(axis=1, keepdims=True) if mean else block.sum(axis=1, keepdims=True)
+        return jnp.broadcast_to(red, (k, n)).ravel()
     ids = leaf_ids(group)
     if len(runs) <= MAX_RUNS:
         sums = concat([segment(x, o, k * n).reshape(k, n).sum(axis=1) for o, k, n in runs])
     else:
         n_leaves = len(group.sizes)
         sums = jax.ops.segment_sum(x, ids, num_segments=n_leaves, indices_are_sorted=True)
+    if mean:
+        sums = sums / jnp.asarray(np.asarray(group.sizes), x.dtype)
     return sums[ids]
-
-
-def leaf_sizes(group: Group, dtype: Any) -> jax.Array:
-    """Per element of a packed buffer, the number of elements of its leaf (as ``dtype``)."""
-    runs = _runs(group)
-    if len(runs) == 1:
-        return jnp.full((group.size,), runs[0][2], dtype)
-    return jnp.asarray(np.asarray(group.sizes), dtype)[leaf_ids(group)]
