@@ -1,7 +1,8 @@
 """Plots every schedule of ``gradtx.schedules`` into one figure (docs/img/schedules.png).
 
 Usage: ``python tools/plot_schedules.py [OUT.png]``. ``EXAMPLES`` holds one configuration per
-factory; ``tests/test_docs_api.py`` checks that it covers every public schedule factory.
+factory (optax's names that are the same object as a gradtx factory share its entry and get no
+panel of their own); ``tests/test_docs_api.py`` checks that it covers every public factory.
 """
 
 from __future__ import annotations
@@ -53,7 +54,42 @@ EXAMPLES = {
         gs.join_schedules((gs.linear(0.0, 1.0, 100), gs.cosine_decay(1.0, 900)), (100,)),
         "join_schedules((linear, cosine_decay), (100,))",
     ),
+    # optax's names that are factories of their own (the others are gradtx's objects, below)
+    "piecewise_interpolate_schedule": (
+        gs.piecewise_interpolate_schedule("cosine", 1.0, {300: 0.2, 600: 4.0}),
+        "piecewise_interpolate_schedule('cosine', 1, {300: .2, 600: 4})",
+    ),
+    "warmup_exponential_decay_schedule": (
+        gs.warmup_exponential_decay_schedule(0.0, 1.0, 100, 200, 0.5),
+        "warmup_exponential_decay_schedule(0, 1, 100, 200, 0.5)",
+    ),
+    "sgdr_schedule": (
+        gs.sgdr_schedule(
+            [dict(init_value=0.0, peak_value=1.0, warmup_steps=50, decay_steps=400)] * 2
+            + [dict(init_value=0.0, peak_value=0.5, warmup_steps=20, decay_steps=200)]
+        ),
+        "sgdr_schedule([400, 400, 200 steps])",
+    ),
+    "cosine_onecycle_schedule": (
+        gs.cosine_onecycle_schedule(1000, 1.0),
+        "cosine_onecycle_schedule(1000, 1) (optax's)",
+    ),
+    "linear_onecycle_schedule": (
+        gs.linear_onecycle_schedule(1000, 1.0),
+        "linear_onecycle_schedule(1000, 1)",
+    ),
 }
+
+#: optax names that are the same object as a gradtx factory: same curve, no panel of their own.
+ALIASES = {
+    name: other
+    for name in gs.OPTAX_NAMES
+    for other in list(EXAMPLES)
+    if name != other and getattr(gs, name) is getattr(gs, other)
+}
+EXAMPLES.update({name: EXAMPLES[other] for name, other in ALIASES.items()})
+#: the names plotted, one panel each
+PANELS = [name for name in EXAMPLES if name not in ALIASES]
 
 
 def curves() -> dict[str, np.ndarray]:
@@ -72,7 +108,7 @@ def main(argv: list[str] | None = None) -> Path:
 
     argv = sys.argv[1:] if argv is None else argv
     out = Path(argv[0] if argv else Path(__file__).parent.parent / "docs/img/schedules.png")
-    values = curves()
+    values = {name: ys for name, ys in curves().items() if name in PANELS}
     cols = 4
     rows = -(-len(values) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 2.4 * rows), sharex=True)

@@ -4,6 +4,9 @@ Each schedule is a frozen, hashable dataclass pytree: ``schedule(count) -> float
 ``count`` the number of updates already applied (0 at the first update). Float values are
 traced leaves, step counts and flags are static configuration. Every schedule has a class
 (``WarmupCosineDecay``) and a lowercase factory (``warmup_cosine_decay``).
+
+optax's names (``warmup_cosine_decay_schedule``, ...) work too, with optax's signatures; they
+are listed in :data:`OPTAX_NAMES`.
 """
 
 from ._base import Schedule as Schedule
@@ -26,8 +29,22 @@ from ._decay import cosine_decay as cosine_decay
 from ._decay import exponential_decay as exponential_decay
 from ._decay import piecewise_constant as piecewise_constant
 from ._decay import polynomial as polynomial
+from ._interpolate import PiecewiseInterpolate as PiecewiseInterpolate
 from ._join import JoinSchedules as JoinSchedules
 from ._join import join_schedules as join_schedules
+from ._optax import OPTAX_NAMES as OPTAX_NAMES
+from ._optax import constant_schedule as constant_schedule
+from ._optax import cosine_decay_schedule as cosine_decay_schedule
+from ._optax import cosine_onecycle_schedule as cosine_onecycle_schedule
+from ._optax import linear_onecycle_schedule as linear_onecycle_schedule
+from ._optax import linear_schedule as linear_schedule
+from ._optax import piecewise_constant_schedule as piecewise_constant_schedule
+from ._optax import piecewise_interpolate_schedule as piecewise_interpolate_schedule
+from ._optax import polynomial_schedule as polynomial_schedule
+from ._optax import sgdr_schedule as sgdr_schedule
+from ._optax import warmup_constant_schedule as warmup_constant_schedule
+from ._optax import warmup_cosine_decay_schedule as warmup_cosine_decay_schedule
+from ._optax import warmup_exponential_decay_schedule as warmup_exponential_decay_schedule
 from ._warmup import InverseSqrt as InverseSqrt
 from ._warmup import WarmupConstant as WarmupConstant
 from ._warmup import WarmupCosineDecay as WarmupCosineDecay
@@ -58,6 +75,20 @@ __all__ = [
     "cosine_restarts",
     "sgdr",
     "join_schedules",
+    # optax's names (exponential_decay and join_schedules above are shared)
+    "OPTAX_NAMES",
+    "constant_schedule",
+    "linear_schedule",
+    "polynomial_schedule",
+    "piecewise_constant_schedule",
+    "piecewise_interpolate_schedule",
+    "cosine_decay_schedule",
+    "warmup_cosine_decay_schedule",
+    "warmup_constant_schedule",
+    "warmup_exponential_decay_schedule",
+    "sgdr_schedule",
+    "cosine_onecycle_schedule",
+    "linear_onecycle_schedule",
     # classes
     "Constant",
     "Linear",
@@ -72,5 +103,6 @@ __all__ = [
     "OneCycle",
     "CyclicTriangular",
     "CosineRestarts",
+    "PiecewiseInterpolate",
     "JoinSchedules",
 ]

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 
 from .._struct import hyper, static
 from ._base import Schedule
-from ._util import set_steps
+from ._util import elapsed, remaining, set_steps
 
 __all__ = ["Constant", "Linear", "constant", "linear"]
 
@@ -20,8 +20,8 @@ class Constant(Schedule):
 
     init_value: float = hyper(1.0)
 
-    def value(self, step: jax.Array) -> jax.Array:
-        return jnp.full([], self.init_value, jnp.float32)
+    def evaluate(self, step: jax.Array) -> jax.Array:
+        return jnp.full(jnp.shape(step), self.init_value, jnp.float32)
 
 
 class Linear(Schedule):
@@ -43,9 +43,14 @@ class Linear(Schedule):
         set_steps(self, "transition_steps", minimum=1)
         set_steps(self, "transition_begin", minimum=0)
 
-    def value(self, step: jax.Array) -> jax.Array:
-        frac = jnp.clip((step - self.transition_begin) / self.transition_steps, 0, 1)
-        return self.init_value + (self.end_value - self.init_value) * frac
+    def evaluate(self, step: jax.Array) -> jax.Array:
+        # From the steps done in the first half and from the steps left in the second (both
+        # exact in int32), so the value keeps its relative precision at either end.
+        t = float(self.transition_steps)
+        done = elapsed(step, self.transition_begin, self.transition_steps).astype(jnp.float32)
+        rem = remaining(step, self.transition_begin, self.transition_steps)
+        d = self.end_value - self.init_value
+        return jnp.where(done < t / 2, self.init_value + d * (done / t), self.end_value - d * rem)
 
 
 def constant(value: float) -> Constant:

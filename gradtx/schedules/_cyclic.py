@@ -13,7 +13,16 @@ import jax.numpy as jnp
 
 from .._struct import hyper, static
 from ._base import Schedule
-from ._util import check_open_unit, half_cosine, set_choice, set_steps
+from ._util import (
+    INT_MAX,
+    check_open_unit,
+    elapsed,
+    half_cosine,
+    is_integer,
+    left,
+    set_choice,
+    set_steps,
+)
 
 __all__ = [
     "OneCycle",
@@ -61,17 +70,21 @@ class OneCycle(Schedule):
         set_steps(self, "transition_steps", minimum=1)
         check_open_unit(self, "pct_start")
 
-    def value(self, step: jax.Array) -> jax.Array:
+    def evaluate(self, step: jax.Array) -> jax.Array:
+        t = self.transition_steps
         v0 = self.peak_value / self.div_factor
         v1 = v0 / self.final_div_factor
-        e1 = self.pct_start * self.transition_steps - 1.0
-        e2 = self.transition_steps - 1.0
+        e1 = self.pct_start * t - 1.0
+        e2 = t - 1.0
+        # The step clipped to [0, T - 1] is small enough to compare with e1 in float32; the
+        # steps left before e2 are an exact integer.
+        s = elapsed(step, 0, t - 1).astype(jnp.float32)
         # Remaining fractions of each phase (1 - pct in torch's terms).
-        rem1 = jnp.clip((e1 - step) / jnp.maximum(e1, 1e-6), 0.0, 1.0)
-        rem2 = jnp.clip((e2 - step) / (e2 - e1), 0.0, 1.0)
+        rem1 = jnp.clip((e1 - s) / jnp.maximum(e1, 1e-6), 0.0, 1.0)
+        rem2 = jnp.clip(left(step, 0, t - 1) / (e2 - e1), 0.0, 1.0)
         up = self.peak_value + (v0 - self.peak_value) * half_cosine(rem1)
         down = v1 + (self.peak_value - v1) * half_cosine(rem2)
-        return jnp.where(step <= e1, up, down)
+        return jnp.where(s <= e1, up, down)
 
 
 _MODES = ("triangular", "triangular2", "exp_range")
@@ -110,19 +123,31 @@ class CyclicTriangular(Schedule):
             set_steps(self, "step_size_down", minimum=0)
         set_choice(self, "mode", _MODES)
 
-    def value(self, step: jax.Array) -> jax.Array:
+    def evaluate(self, step: jax.Array) -> jax.Array:
         up = self.step_size_up
         down = up if self.step_size_down is None else self.step_size_down
         length = up + down
-        q = jnp.mod(step, length)  # exact for integer steps, unlike frac(s / L)
-        h = jnp.where(q <= up, q / up, (length - q) / max(down, 1))
+        if is_integer(step):
+            step = jnp.maximum(step, 0)
+            if length > INT_MAX:  # an int32 count never completes a cycle
+                q, k = step, jnp.zeros_like(step)
+            else:
+                q, k = jnp.mod(step, length), jnp.floor_divide(step, length)
+            rising = q <= up if up <= INT_MAX else jnp.ones(jnp.shape(q), jnp.bool_)
+            to_go = left(q, 0, length)  # L - q, exact
+            qf = q.astype(jnp.float32)
+        else:
+            q = jnp.mod(step, float(length))
+            k = (step - q) / float(length)
+            rising, to_go, qf = q <= float(up), float(length) - q, q
+        h = jnp.where(rising, qf / float(up), to_go / float(max(down, 1)))
         g: Any
         if self.mode == "triangular":
             g = 1.0
         elif self.mode == "triangular2":
-            g = jnp.exp2(-((step - q) / length))
+            g = jnp.exp2(-k.astype(jnp.float32))
         else:
-            g = jnp.power(self.gamma, step)
+            g = jnp.power(self.gamma, step.astype(jnp.float32))
         return self.init_value + (self.peak_value - self.init_value) * h * g
 
 
@@ -154,22 +179,42 @@ class CosineRestarts(Schedule):
         set_steps(self, "first_period", minimum=1)
         set_steps(self, "period_mult", minimum=1)
 
-    def value(self, step: jax.Array) -> jax.Array:
+    def evaluate(self, step: jax.Array) -> jax.Array:
         t0, mult = self.first_period, self.period_mult
-        period: Any
-        if mult == 1:
-            since, period = jnp.mod(step, t0), float(t0)
+        if not is_integer(step):
+            to_go, period = self._float_phase(step)
+        elif mult == 1 and t0 <= INT_MAX:
+            step = jnp.maximum(step, 0)
+            to_go, period = (t0 - jnp.mod(step, t0)).astype(jnp.float32), float(t0)
         else:
-            # Period starts up to 2**31 (beyond any int32 count), known when tracing.
+            # Periods starting within the int32 range, known when tracing; the steps left in
+            # the current one are end - s = (min(end, INT_MAX) - s) + max(end - INT_MAX, 0).
             starts, periods = [0], [t0]
-            while starts[-1] < 2**31:
+            while starts[-1] + periods[-1] <= INT_MAX:
                 starts.append(starts[-1] + periods[-1])
                 periods.append(periods[-1] * mult)
-            i = jnp.sum(step >= jnp.asarray(starts, jnp.float32)) - 1
-            since = step - jnp.asarray(starts, jnp.float32)[i]
+            ends = [b + p for b, p in zip(starts, periods)]
+            i = jnp.sum(step >= jnp.asarray(starts, jnp.int32)) - 1
+            i = jnp.maximum(i, 0)
+            near = jnp.asarray([min(e, INT_MAX) for e in ends], jnp.int32)[i]
+            beyond = jnp.asarray([float(max(e - INT_MAX, 0)) for e in ends], jnp.float32)[i]
+            to_go = (near - jnp.maximum(step, 0)).astype(jnp.float32) + beyond
             period = jnp.asarray(periods, jnp.float32)[i]
-        factor = half_cosine((period - since) / period)
+        factor = half_cosine(to_go / period)
         return self.end_value + (self.init_value - self.end_value) * factor
+
+    def _float_phase(self, step: jax.Array) -> tuple[jax.Array, Any]:
+        """Steps left in the current period and its length, for a float step."""
+        t0, mult = self.first_period, self.period_mult
+        if mult == 1:
+            return float(t0) - jnp.mod(step, float(t0)), float(t0)
+        starts, periods = [0], [t0]
+        while starts[-1] < 2**31:
+            starts.append(starts[-1] + periods[-1])
+            periods.append(periods[-1] * mult)
+        i = jnp.maximum(jnp.sum(step >= jnp.asarray(starts, jnp.float32)) - 1, 0)
+        period = jnp.asarray(periods, jnp.float32)[i]
+        return period - (step - jnp.asarray(starts, jnp.float32)[i]), period
 
 
 def one_cycle(

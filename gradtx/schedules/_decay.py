@@ -7,15 +7,22 @@ Notation in the formulas: :math:`s` is the step count (0 at the first update), :
 
 from __future__ import annotations
 
-import numbers
-from typing import Any
-
 import jax
 import jax.numpy as jnp
 
 from .._struct import hyper, static
 from ._base import Schedule
-from ._util import fail, half_cosine, remaining, set_steps
+from ._util import (
+    INT_MAX,
+    elapsed,
+    fail,
+    half_cosine,
+    is_integer,
+    reached,
+    remaining,
+    set_pairs,
+    set_steps,
+)
 
 __all__ = [
     "Polynomial",
@@ -53,7 +60,7 @@ class Polynomial(Schedule):
         set_steps(self, "transition_steps", minimum=1)
         set_steps(self, "transition_begin", minimum=0)
 
-    def value(self, step: jax.Array) -> jax.Array:
+    def evaluate(self, step: jax.Array) -> jax.Array:
         rem = remaining(step, self.transition_begin, self.transition_steps)
         return (self.init_value - self.end_value) * jnp.power(rem, self.power) + self.end_value
 
@@ -90,13 +97,21 @@ class ExponentialDecay(Schedule):
         if not isinstance(self.staircase, bool):
             fail(self, f"staircase must be a bool, got {self.staircase!r}")
 
-    def value(self, step: jax.Array) -> jax.Array:
-        since = step - self.transition_begin
-        p = since / self.transition_steps
-        if self.staircase:
-            p = jnp.floor(p)
-        decayed = self.init_value * jnp.power(self.decay_rate, jnp.maximum(p, 0.0))
-        out = jnp.where(since <= 0, self.init_value, decayed)
+    def evaluate(self, step: jax.Array) -> jax.Array:
+        b, t = self.transition_begin, self.transition_steps
+        if is_integer(step) and b >= INT_MAX:  # an int32 count never passes b
+            out = jnp.full(jnp.shape(step), self.init_value, jnp.float32)
+        else:
+            since = elapsed(step, b)  # exact int32 for integer steps
+            if self.staircase and is_integer(step) and t > INT_MAX:
+                p = jnp.zeros(jnp.shape(step), jnp.float32)  # since < t: no stair yet
+            elif self.staircase:
+                p = jnp.floor_divide(since, t if is_integer(step) else float(t))
+                p = p.astype(jnp.float32)
+            else:
+                p = since.astype(jnp.float32) / float(t)
+            decayed = self.init_value * jnp.power(self.decay_rate, p)
+            out = jnp.where(step > (b if is_integer(step) else float(b)), decayed, self.init_value)
         if self.end_value is not None:
             out = jnp.where(
                 self.decay_rate < 1.0,
@@ -126,31 +141,13 @@ class PiecewiseConstant(Schedule):
     boundaries_and_scales: tuple = static(())
 
     def __post_init__(self) -> None:
-        pairs: Any = self.boundaries_and_scales
-        if pairs is None:
-            pairs = ()
-        if isinstance(pairs, dict):
-            pairs = pairs.items()
-        try:
-            pairs = [(b, s) for b, s in pairs]
-        except (TypeError, ValueError):
-            fail(self, f"boundaries_and_scales must be a dict {{step: scale}}, got {pairs!r}")
-        for b, s in pairs:
-            if isinstance(b, bool) or not isinstance(b, numbers.Integral) or b < 0:
-                fail(self, f"boundaries must be integers >= 0, got {b!r}")
-            if isinstance(s, bool) or not isinstance(s, numbers.Real) or not float(s) >= 0:
-                fail(self, f"scales must be numbers >= 0, got {s!r} at step {b}")
-        steps = [int(b) for b, _ in pairs]
-        if len(set(steps)) != len(steps):
-            fail(self, f"boundaries must be distinct, got {sorted(steps)}")
-        pairs = tuple(sorted((int(b), float(s)) for b, s in pairs))
-        object.__setattr__(self, "boundaries_and_scales", pairs)
+        set_pairs(self, "boundaries_and_scales")
         super().__post_init__()
 
-    def value(self, step: jax.Array) -> jax.Array:
-        out = jnp.full([], self.init_value, jnp.float32)
+    def evaluate(self, step: jax.Array) -> jax.Array:
+        out = jnp.full(jnp.shape(step), self.init_value, jnp.float32)
         for boundary, scale in self.boundaries_and_scales:
-            out = jnp.where(step >= boundary, out * scale, out)
+            out = jnp.where(reached(step, boundary), out * scale, out)
         return out
 
 
@@ -178,7 +175,7 @@ class CosineDecay(Schedule):
         super().__post_init__()
         set_steps(self, "decay_steps", minimum=1)
 
-    def value(self, step: jax.Array) -> jax.Array:
+    def evaluate(self, step: jax.Array) -> jax.Array:
         cos = jnp.power(half_cosine(remaining(step, 0, self.decay_steps)), self.exponent)
         return self.init_value * ((1.0 - self.alpha) * cos + self.alpha)
 

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 
 from .._struct import is_schedule_like, static
 from ._base import Schedule
-from ._util import fail
+from ._util import INT_MAX, fail, reached
 
 __all__ = ["JoinSchedules", "join_schedules"]
 
@@ -64,10 +64,13 @@ class JoinSchedules(Schedule):
             fail(self, f"boundaries must be non-decreasing, got {bounds!r}")
         object.__setattr__(self, "boundaries", tuple(int(b) for b in bounds))
 
-    def value(self, step: jax.Array) -> jax.Array:
+    def evaluate(self, step: jax.Array) -> jax.Array:
         out = _at(self.schedules[0], step)
         for boundary, schedule in zip(self.boundaries, self.schedules[1:]):
-            out = jnp.where(step < boundary, out, _at(schedule, step - boundary))
+            if not bool(jnp.issubdtype(step.dtype, jnp.integer)):
+                out = jnp.where(step < float(boundary), out, _at(schedule, step - float(boundary)))
+            elif boundary <= INT_MAX:  # the steps since it are exact in int32
+                out = jnp.where(reached(step, boundary), _at(schedule, step - boundary), out)
         return out
 
 

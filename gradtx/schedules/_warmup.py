@@ -12,7 +12,17 @@ import jax.numpy as jnp
 
 from .._struct import hyper, static
 from ._base import Schedule
-from ._util import fail, half_cosine, remaining, set_choice, set_steps, warmup
+from ._util import (
+    INT_MAX,
+    fail,
+    half_cosine,
+    is_integer,
+    reached,
+    remaining,
+    set_choice,
+    set_steps,
+    warmup,
+)
 
 __all__ = [
     "WarmupCosineDecay",
@@ -64,7 +74,7 @@ class WarmupCosineDecay(Schedule):
                 f"got decay_steps={t}, warmup_steps={w}",
             )
 
-    def value(self, step: jax.Array) -> jax.Array:
+    def evaluate(self, step: jax.Array) -> jax.Array:
         w, t = self.warmup_steps, self.decay_steps
         rem = remaining(step, w, t - w)
         decay = self.end_value + (self.peak_value - self.end_value) * jnp.power(
@@ -72,7 +82,7 @@ class WarmupCosineDecay(Schedule):
         )
         if w == 0:
             return decay
-        return jnp.where(step < w, warmup(step, self.init_value, self.peak_value, w), decay)
+        return jnp.where(reached(step, w), decay, warmup(step, self.init_value, self.peak_value, w))
 
 
 class WarmupConstant(Schedule):
@@ -94,7 +104,7 @@ class WarmupConstant(Schedule):
         super().__post_init__()
         set_steps(self, "warmup_steps", minimum=0)
 
-    def value(self, step: jax.Array) -> jax.Array:
+    def evaluate(self, step: jax.Array) -> jax.Array:
         return warmup(step, self.init_value, self.peak_value, self.warmup_steps)
 
 
@@ -139,7 +149,7 @@ class WarmupStableDecay(Schedule):
         set_steps(self, "decay_steps", minimum=1)
         set_choice(self, "decay_type", _DECAY_TYPES)
 
-    def value(self, step: jax.Array) -> jax.Array:
+    def evaluate(self, step: jax.Array) -> jax.Array:
         w, d = self.warmup_steps, self.decay_steps
         rem = remaining(step, w + self.stable_steps, d)  # 1 - p, exact for integer steps
         if self.decay_type == "linear":
@@ -151,7 +161,7 @@ class WarmupStableDecay(Schedule):
         decay = self.end_value + (self.peak_value - self.end_value) * f
         if w == 0:
             return decay
-        return jnp.where(step < w, warmup(step, self.init_value, self.peak_value, w), decay)
+        return jnp.where(reached(step, w), decay, warmup(step, self.init_value, self.peak_value, w))
 
 
 class InverseSqrt(Schedule):
@@ -178,10 +188,14 @@ class InverseSqrt(Schedule):
         super().__post_init__()
         set_steps(self, "warmup_steps", minimum=1)
 
-    def value(self, step: jax.Array) -> jax.Array:
+    def evaluate(self, step: jax.Array) -> jax.Array:
         w = self.warmup_steps
-        decay = self.peak_value * jnp.sqrt(w / jnp.maximum(step, w))
-        return jnp.where(step < w, warmup(step, self.init_value, self.peak_value, w), decay)
+        if is_integer(step) and w > INT_MAX:  # an int32 count never ends the warmup
+            return warmup(step, self.init_value, self.peak_value, w)
+        decay = self.peak_value * jnp.sqrt(
+            float(w) / jnp.maximum(step.astype(jnp.float32), float(w))
+        )
+        return jnp.where(reached(step, w), decay, warmup(step, self.init_value, self.peak_value, w))
 
 
 def warmup_cosine_decay(
