@@ -43,13 +43,31 @@ from ._direction import Lion as Lion
 from ._direction import Momentum as Momentum
 from ._direction import NesterovEma as NesterovEma
 from ._direction import Sign as Sign
+from ._eta import identity as identity
 from ._eta import scale as scale
 from ._eta import scale_by_learning_rate as scale_by_learning_rate
+from ._eta import scale_by_schedule as scale_by_schedule
+from ._eta import set_to_zero as set_to_zero
 from ._inspect import current_learning_rate as current_learning_rate
 from ._inspect import hyperparams as hyperparams
 from ._knobs import Direction as Direction
 from ._knobs import Knobs as Knobs
 from ._knobs import Scale as Scale
+from ._optax_names import ema as ema
+from ._optax_names import scale_by_adadelta as scale_by_adadelta
+from ._optax_names import scale_by_adam as scale_by_adam
+from ._optax_names import scale_by_adamax as scale_by_adamax
+from ._optax_names import scale_by_amsgrad as scale_by_amsgrad
+from ._optax_names import scale_by_belief as scale_by_belief
+from ._optax_names import scale_by_factored_rms as scale_by_factored_rms
+from ._optax_names import scale_by_lion as scale_by_lion
+from ._optax_names import scale_by_radam as scale_by_radam
+from ._optax_names import scale_by_rms as scale_by_rms
+from ._optax_names import scale_by_rss as scale_by_rss
+from ._optax_names import scale_by_sign as scale_by_sign
+from ._optax_names import scale_by_stddev as scale_by_stddev
+from ._optax_names import scale_by_yogi as scale_by_yogi
+from ._optax_names import trace as trace
 from ._optimizer import Optimizer as Optimizer
 from ._optimizer import optimizer as optimizer
 from ._packing import DEFAULT_THRESHOLD as DEFAULT_THRESHOLD
@@ -57,6 +75,7 @@ from ._packing import Layout as Layout
 from ._packing import Packed as Packed
 from ._packing import pack as pack
 from ._packing import unpack as unpack
+from ._packing_serialization import register_if_flax_loaded as _register_packed_if_flax_loaded
 from ._scale import AdagradScale as AdagradScale
 from ._scale import AdamaxScale as AdamaxScale
 from ._scale import AdamScale as AdamScale
@@ -71,6 +90,23 @@ from ._struct import hyper as hyper
 from ._struct import static as static
 from ._tree import TransformError as TransformError
 
+# optax's schedule names at the top level, as optax has them (the same objects):
+from .schedules import constant_schedule as constant_schedule
+from .schedules import cosine_decay_schedule as cosine_decay_schedule
+from .schedules import cosine_onecycle_schedule as cosine_onecycle_schedule
+from .schedules import exponential_decay as exponential_decay
+from .schedules import join_schedules as join_schedules
+from .schedules import linear_onecycle_schedule as linear_onecycle_schedule
+from .schedules import linear_schedule as linear_schedule
+from .schedules import piecewise_constant_schedule as piecewise_constant_schedule
+from .schedules import piecewise_interpolate_schedule as piecewise_interpolate_schedule
+from .schedules import polynomial_schedule as polynomial_schedule
+from .schedules import sgdr_schedule as sgdr_schedule
+from .schedules import warmup_constant_schedule as warmup_constant_schedule
+from .schedules import warmup_cosine_decay_schedule as warmup_cosine_decay_schedule
+from .schedules import warmup_exponential_decay_schedule as warmup_exponential_decay_schedule
+
 __version__ = "0.1.0"
 
 _register_if_flax_loaded()  # State with flax.serialization, if flax is imported already
+_register_packed_if_flax_loaded()  # and Packed

@@ -13,6 +13,7 @@ from ._decay import AddDecayedWeights
 from ._direction import Ema, Momentum, NesterovEma, Sign
 from ._optimizer import Optimizer, naming, optimizer
 from ._scale import AdagradScale, AdamaxScale, AdamScale, AmsgradScale, RMSPropScale
+from ._scale_optax import OptaxAmsgradScale
 from ._scale_variants import AdadeltaScale
 
 __all__ = [
@@ -32,12 +33,20 @@ __all__ = [
 Schedule = Any  # a float or a function of the step count
 
 
+def _all_true(mask: Any) -> Any:
+    """optax's ``mask=True`` (every leaf) as gradtx's ``None``."""
+    return None if mask is True else mask
+
+
 def _decay(weight_decay: float, mask: Any) -> tuple:
-    return (AddDecayedWeights(weight_decay, mask),)
+    return (AddDecayedWeights(weight_decay, _all_true(mask)),)
 
 
 def sgd(
-    learning_rate: Schedule, momentum: float | None = None, nesterov: bool = False
+    learning_rate: Schedule,
+    momentum: float | None = None,
+    nesterov: bool = False,
+    accumulator_dtype: Any = None,
 ) -> Optimizer:
     r"""Stochastic gradient descent, optionally with heavy-ball or Nesterov momentum.
 
@@ -47,6 +56,13 @@ def sgd(
 
     Knobs: g = momentum (none if ``momentum`` is ``None``), σ = 1, η = ``learning_rate``.
     Same as ``torch.optim.SGD(lr, momentum, nesterov=..., dampening=0)`` and ``optax.sgd``.
+
+    Args:
+      learning_rate: η, a float or a schedule of the step count.
+      momentum: μ, or ``None`` for no momentum (and no state); ``0.0`` keeps a momentum
+        buffer (as optax), so μ may be traced or swept.
+      nesterov: use Nesterov's form (needs a momentum).
+      accumulator_dtype: the dtype the momentum buffer is stored in; ``None``: the param's.
 
     Example:
       >>> import gradtx, jax.numpy as jnp
@@ -63,7 +79,9 @@ def sgd(
     if momentum is None and nesterov:
         raise ValueError("gradtx.sgd: nesterov=True needs a momentum")
     with naming("sgd"):
-        direction = Momentum(momentum, nesterov) if momentum is not None else None
+        direction = (
+            Momentum(momentum, nesterov, accumulator_dtype) if momentum is not None else None
+        )
         return optimizer(direction, None, learning_rate, name="sgd")
 
 
@@ -139,10 +157,11 @@ def rmsprop(
     decay: float = 0.9,
     eps: float = 1e-8,
     initial_scale: float = 0.0,
-    eps_in_sqrt: bool = False,
+    eps_in_sqrt: bool = True,
     centered: bool = False,
     momentum: float | None = None,
     nesterov: bool = False,
+    bias_correction: bool = False,
 ) -> Optimizer:
     r"""RMSProp, optionally centred and with momentum on the scaled gradient.
 
@@ -152,14 +171,29 @@ def rmsprop(
         m_t = \mu m_{t-1} + g_t/\sigma_t, \quad \theta_t = \theta_{t-1} - \eta_t m_t
 
     (:math:`\bar g_t` the EMA of gradients when ``centered``, else 0; without momentum
-    :math:`m_t = g_t/\sigma_t`).
+    :math:`m_t = g_t/\sigma_t`). With ``eps_in_sqrt`` (the default, as optax) the root is
+    :math:`\sqrt{v_t - \bar g_t^2 + \epsilon}` instead.
 
     Knobs: σ = RMSProp first, then g = momentum (``scale_first``), η = ``learning_rate``.
-    Equals ``torch.optim.RMSprop(alpha=decay, ...)``.
+    Equals ``optax.rmsprop`` (same arguments) and, with ``eps_in_sqrt=False``,
+    ``torch.optim.RMSprop(alpha=decay, ...)``.
+
+    Args:
+      learning_rate: η, a float or a schedule of the step count.
+      decay: α, the decay of the EMA of squared gradients.
+      eps: ε, added inside the root (``eps_in_sqrt=True``) or to the root.
+      initial_scale: ``v_0``.
+      eps_in_sqrt: where ε goes (optax's default ``True``; PyTorch's place is ``False``).
+      centered: subtract the square of the EMA of gradients (Graves' centred RMSProp).
+      momentum: μ of the momentum on the scaled gradient, or ``None`` for none (``0.0`` keeps a
+        buffer, as optax, so μ may be traced).
+      nesterov: Nesterov momentum.
+      bias_correction: divide the EMAs by ``1 - α^t`` (optax's meaning).
 
     Warning:
-      optax's ``rmsprop`` puts ``eps`` inside the root by default; pass ``eps_in_sqrt=True`` to
-      match it. PyTorch's default ``alpha`` is 0.99, optax's (and this) 0.9.
+      The default ``eps_in_sqrt=True`` is optax's; ``torch.optim.RMSprop`` adds ε outside the
+      root (pass ``eps_in_sqrt=False``). PyTorch's default ``alpha`` is 0.99, optax's (and this)
+      0.9. optax applies η before the momentum; the two agree for a constant η.
 
     Example:
       >>> import gradtx, jax.numpy as jnp
@@ -177,13 +211,17 @@ def rmsprop(
       Tieleman & Hinton, Coursera lecture 6.5, 2012. Graves, 2013 (centred).
     """
     with naming("rmsprop"):
-        scale = RMSPropScale(decay, eps, initial_scale, centered, eps_in_sqrt)
-        direction = Momentum(momentum, nesterov) if momentum else None
+        scale = RMSPropScale(decay, eps, initial_scale, centered, eps_in_sqrt, bias_correction)
+        direction = Momentum(momentum, nesterov) if momentum is not None else None
         return optimizer(direction, scale, learning_rate, scale_first=True, name="rmsprop")
 
 
 def adadelta(
-    learning_rate: Schedule = 1.0, rho: float = 0.9, eps: float = 1e-6, weight_decay: float = 0.0
+    learning_rate: Schedule | None = None,
+    rho: float = 0.9,
+    eps: float = 1e-6,
+    weight_decay: float = 0.0,
+    weight_decay_mask: Any = None,
 ) -> Optimizer:
     r"""Adadelta: units-correct steps from the ratio of RMS updates to RMS gradients.
 
@@ -192,8 +230,19 @@ def adadelta(
         d_t = \frac{\sqrt{x_{t-1}+\epsilon}}{\sqrt{v_t+\epsilon}} (g_t + \lambda\theta), \quad
         x_t = \rho x_{t-1} + (1-\rho) d_t^2, \quad \theta_t = \theta_{t-1} - \eta_t d_t
 
-    Knobs: before = L2 weight decay (coupled, as in ``torch.optim.Adadelta``), σ = Adadelta,
-    η = ``learning_rate`` (1 in the paper).
+    Knobs: before = L2 weight decay (coupled, as in ``torch.optim.Adadelta`` and
+    ``optax.adadelta``), σ = Adadelta, η = ``learning_rate`` (1 in the paper).
+
+    Args:
+      learning_rate: η, a float or a schedule; ``None`` means η = 1.
+      rho: ρ, the decay of both EMAs.
+      eps: ε inside both roots.
+      weight_decay: λ of the coupled L2 decay (0: none; may be traced).
+      weight_decay_mask: which leaves to decay (a tree of bools or a function of params).
+
+    Warning:
+      ``optax.adadelta(learning_rate=None)`` (its default) leaves out the learning-rate stage
+      and with it the sign flip, so it *ascends*; here ``None`` is η = 1 and descends.
 
     Example:
       >>> import gradtx, jax.numpy as jnp
@@ -211,14 +260,13 @@ def adadelta(
       Zeiler, *ADADELTA: An Adaptive Learning Rate Method*, 2012.
     """
     with naming("adadelta"):
-        before = _decay(weight_decay, None) if weight_decay else ()
-        return optimizer(
-            None, AdadeltaScale(rho, eps), learning_rate, before=before, name="adadelta"
-        )
+        before = _decay(weight_decay, weight_decay_mask)
+        lr = 1.0 if learning_rate is None else learning_rate
+        return optimizer(None, AdadeltaScale(rho, eps), lr, before=before, name="adadelta")
 
 
-def _adam_direction(b1: float, nesterov: bool) -> Any:
-    return NesterovEma(b1) if nesterov else Ema(b1, debias=True)
+def _adam_direction(b1: float, nesterov: bool, mu_dtype: Any = None) -> Any:
+    return NesterovEma(b1, mu_dtype) if nesterov else Ema(b1, True, mu_dtype)
 
 
 def adam(
@@ -227,6 +275,7 @@ def adam(
     b2: float = 0.999,
     eps: float = 1e-8,
     eps_root: float = 0.0,
+    mu_dtype: Any = None,
     *,
     nesterov: bool = False,
 ) -> Optimizer:
@@ -249,6 +298,8 @@ def adam(
       b2: decay of the second moment, in [0, 1).
       eps: added to the root (outside), for numerical stability.
       eps_root: added inside the root (useful when differentiating through the update).
+      mu_dtype: the dtype the first moment ``m`` is stored in (e.g. ``jnp.bfloat16``);
+        ``None``: the param's dtype.
       nesterov: use NAdam's Nesterov momentum (see :func:`nadam`).
 
     Returns:
@@ -270,9 +321,8 @@ def adam(
     """
     name = "nadam" if nesterov else "adam"
     with naming(name, decay="b1"):
-        return optimizer(
-            _adam_direction(b1, nesterov), AdamScale(b2, eps, eps_root), learning_rate, name=name
-        )
+        direction = _adam_direction(b1, nesterov, mu_dtype)
+        return optimizer(direction, AdamScale(b2, eps, eps_root), learning_rate, name=name)
 
 
 def adamw(
@@ -281,6 +331,7 @@ def adamw(
     b2: float = 0.999,
     eps: float = 1e-8,
     eps_root: float = 0.0,
+    mu_dtype: Any = None,
     weight_decay: float = 1e-4,
     mask: Any = None,
     *,
@@ -299,8 +350,17 @@ def adamw(
 
     Knobs: g = EMA, σ = Adam, after = decoupled weight decay, η = ``learning_rate``.
 
+    ``learning_rate``, ``b1``, ``b2``, ``eps``, ``eps_root`` and ``mu_dtype`` are as in
+    :func:`adam`.
+
+    Args:
+      weight_decay: λ, multiplied by η.
+      mask: which leaves to decay (a tree of bools or a function of params); ``None``: all.
+      nesterov: use NAdam's Nesterov momentum (see :func:`nadamw`).
+
     Warning:
-      The default ``weight_decay`` is optax's 1e-4; PyTorch's is 1e-2.
+      The default ``weight_decay`` is optax's 1e-4; PyTorch's is 1e-2. The order of the
+      positional arguments is optax's: ``mu_dtype`` comes before ``weight_decay``.
 
     Example:
       >>> import gradtx, jax.numpy as jnp
@@ -320,7 +380,7 @@ def adamw(
     name = "nadamw" if nesterov else "adamw"
     with naming(name, decay="b1"):
         return optimizer(
-            _adam_direction(b1, nesterov),
+            _adam_direction(b1, nesterov, mu_dtype),
             AdamScale(b2, eps, eps_root),
             learning_rate,
             after=_decay(weight_decay, mask),
@@ -334,6 +394,9 @@ def nadam(
     b2: float = 0.999,
     eps: float = 1e-8,
     eps_root: float = 0.0,
+    mu_dtype: Any = None,
+    *,
+    nesterov: bool = True,
 ) -> Optimizer:
     r"""NAdam: Adam with Nesterov momentum.
 
@@ -343,7 +406,8 @@ def nadam(
         {\sqrt{v_t/(1-\beta_2^t) + \epsilon_{root}} + \epsilon}
 
     Knobs: g = Nesterov EMA, σ = Adam, η = ``learning_rate``. Equals ``optax.nadam`` and
-    ``torch.optim.NAdam(momentum_decay=1e9)``.
+    ``torch.optim.NAdam(momentum_decay=1e9)``. Arguments as in :func:`adam`
+    (``nesterov=False`` gives :func:`adam`, as in optax).
 
     Warning:
       PyTorch's default ``momentum_decay=4e-3`` also warms β1 up (Dozat's μ_t schedule); gradtx
@@ -365,7 +429,7 @@ def nadam(
     References:
       Dozat, *Incorporating Nesterov Momentum into Adam*, ICLR 2016 workshop.
     """
-    return adam(learning_rate, b1, b2, eps, eps_root, nesterov=True)
+    return adam(learning_rate, b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov)
 
 
 def nadamw(
@@ -374,14 +438,17 @@ def nadamw(
     b2: float = 0.999,
     eps: float = 1e-8,
     eps_root: float = 0.0,
+    mu_dtype: Any = None,
     weight_decay: float = 1e-4,
     mask: Any = None,
+    *,
+    nesterov: bool = True,
 ) -> Optimizer:
     r"""NAdamW: :func:`nadam` with decoupled weight decay ``η_t λ θ`` as in :func:`adamw`.
 
     Knobs: g = Nesterov EMA, σ = Adam, after = decoupled weight decay, η = ``learning_rate``.
     Equals ``optax.nadamw`` and ``torch.optim.NAdam(decoupled_weight_decay=True,
-    momentum_decay=1e9)`` (see :func:`nadam`'s Warning).
+    momentum_decay=1e9)`` (see :func:`nadam`'s Warning). Arguments as in :func:`adamw`.
 
     Example:
       >>> import gradtx, jax.numpy as jnp
@@ -395,7 +462,9 @@ def nadamw(
       >>> tx.describe()["sigma"]
       'AdamScale(...): σ = √(v̂) + ε, v = EMA of g² (Adam)'
     """
-    return adamw(learning_rate, b1, b2, eps, eps_root, weight_decay, mask, nesterov=True)
+    return adamw(
+        learning_rate, b1, b2, eps, eps_root, mu_dtype, weight_decay, mask, nesterov=nesterov
+    )
 
 
 def adamax(
@@ -435,6 +504,9 @@ def amsgrad(
     b2: float = 0.999,
     eps: float = 1e-8,
     eps_root: float = 0.0,
+    mu_dtype: Any = None,
+    bias_correction_mu: bool = True,
+    bias_correction_nu: bool = True,
 ) -> Optimizer:
     r"""AMSGrad: Adam whose second moment never decreases.
 
@@ -446,9 +518,17 @@ def amsgrad(
     Knobs: g = EMA (debiased), σ = AMSGrad, η = ``learning_rate``. Equals
     ``torch.optim.Adam(amsgrad=True)``.
 
+    ``learning_rate``, ``b1``, ``b2``, ``eps``, ``eps_root`` and ``mu_dtype`` are as in
+    :func:`adam`.
+
+    Args:
+      bias_correction_mu: divide ``m_t`` by ``1 - β1^t``.
+      bias_correction_nu: divide the maximum by ``1 - β2^t``; with ``False`` the rule is
+        :math:`\tilde v_t / 1` and equals ``optax.amsgrad(..., bias_correction_nu=False)``.
+
     Warning:
       ``optax.amsgrad`` takes the maximum of the *bias-corrected* moments; see
-      :class:`~gradtx.AmsgradScale`.
+      :class:`~gradtx.AmsgradScale`. ``gradtx.scale_by_amsgrad`` is optax's rule.
 
     Example:
       >>> import gradtx, jax.numpy as jnp
@@ -466,4 +546,9 @@ def amsgrad(
       Reddi, Kale & Kumar, *On the Convergence of Adam and Beyond*, ICLR 2018.
     """
     with naming("amsgrad", decay="b1"):
-        return optimizer(Ema(b1), AmsgradScale(b2, eps, eps_root), learning_rate, name="amsgrad")
+        if bias_correction_nu:
+            scale: Any = AmsgradScale(b2, eps, eps_root)
+        else:  # the maximum of raw moments, not debiased: torch's and optax's rules agree
+            scale = OptaxAmsgradScale(b2, eps, eps_root, debias=False)
+        direction = Ema(b1, bias_correction_mu, mu_dtype)
+        return optimizer(direction, scale, learning_rate, name="amsgrad")

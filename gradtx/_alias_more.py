@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import jax.numpy as jnp
+
 from ._adafactor import FactoredScale
 from ._decay import AddDecayedWeights, ScaleByTrustRatio
-from ._direction import Ema, Lion, Momentum
+from ._direction import Ema, Lion, Momentum, NesterovEma
 from ._optimizer import Optimizer, naming, optimizer
 from ._scale import AdamScale
 from ._scale_variants import AdaBeliefScale, RAdamScale, YogiScale
@@ -16,12 +18,19 @@ __all__ = ["adabelief", "yogi", "radam", "lion", "lamb", "lars", "adafactor"]
 Schedule = Any
 
 
+def _all_true(mask: Any) -> Any:
+    """optax's ``mask=True`` (every leaf) as gradtx's ``None``."""
+    return None if mask is True else mask
+
+
 def adabelief(
     learning_rate: Schedule,
     b1: float = 0.9,
     b2: float = 0.999,
     eps: float = 1e-16,
     eps_root: float = 1e-16,
+    *,
+    nesterov: bool = False,
 ) -> Optimizer:
     r"""AdaBelief: Adam whose σ tracks the variance of the gradient around its EMA.
 
@@ -29,7 +38,8 @@ def adabelief(
         s_t = \beta_2 s_{t-1} + (1-\beta_2)(g_t - m_t)^2 + \epsilon_{root}, \qquad
         \theta_t = \theta_{t-1} - \eta_t \frac{m_t/(1-\beta_1^t)}{\sqrt{s_t/(1-\beta_2^t)}+\epsilon}
 
-    Knobs: g = EMA (debiased), σ = AdaBelief, η = ``learning_rate``. Equals ``optax.adabelief``.
+    Knobs: g = EMA (debiased; NAdam's Nesterov EMA if ``nesterov``), σ = AdaBelief, η =
+    ``learning_rate``. Equals ``optax.adabelief`` (same arguments).
 
     Example:
       >>> import gradtx, jax.numpy as jnp
@@ -47,9 +57,9 @@ def adabelief(
       Zhuang et al., NeurIPS 2020. https://arxiv.org/abs/2010.07468
     """
     with naming("adabelief", decay="b1"):
-        return optimizer(
-            Ema(b1), AdaBeliefScale(b2, eps, eps_root), learning_rate, name="adabelief"
-        )
+        direction = NesterovEma(b1) if nesterov else Ema(b1)
+        scale = AdaBeliefScale(b2, eps, eps_root)
+        return optimizer(direction, scale, learning_rate, name="adabelief")
 
 
 def yogi(
@@ -57,6 +67,7 @@ def yogi(
     b1: float = 0.9,
     b2: float = 0.999,
     eps: float = 1e-3,
+    *,
     initial_accumulator_value: float = 1e-6,
 ) -> Optimizer:
     r"""Yogi: Adam with an additive, sign-controlled second-moment update.
@@ -67,8 +78,11 @@ def yogi(
 
     Knobs: g = EMA (debiased), σ = Yogi, η = ``learning_rate``.
 
+    ``initial_accumulator_value`` (keyword-only; not an argument of ``optax.yogi``) is ``v_0``.
+
     Warning:
-      ``optax.yogi`` starts ``m`` at ``initial_accumulator_value`` too; here ``m_0 = 0``.
+      ``optax.yogi`` starts ``m`` at ``initial_accumulator_value`` (1e-6) too; here ``m_0 = 0``
+      as in the paper. ``gradtx.scale_by_yogi`` follows optax.
 
     Example:
       >>> import gradtx, jax.numpy as jnp
@@ -97,6 +111,8 @@ def radam(
     eps: float = 1e-8,
     eps_root: float = 0.0,
     threshold: float = 5.0,
+    *,
+    nesterov: bool = False,
 ) -> Optimizer:
     r"""RAdam: Adam with the variance of its adaptive rate rectified; SGD with momentum early.
 
@@ -105,8 +121,8 @@ def radam(
         \begin{cases} r_t\, \hat m_t / (\sqrt{\hat v_t + \epsilon_{root}} + \epsilon)
         & \rho_t > \text{threshold} \\ \hat m_t & \text{otherwise} \end{cases}
 
-    with :math:`\rho_t, r_t` as in :class:`~gradtx.RAdamScale`. Knobs: g = EMA (debiased),
-    σ = rectified Adam, η = ``learning_rate``.
+    with :math:`\rho_t, r_t` as in :class:`~gradtx.RAdamScale`. Knobs: g = EMA (debiased;
+    NAdam's Nesterov EMA if ``nesterov``), σ = rectified Adam, η = ``learning_rate``.
 
     Warning:
       ``torch.optim.RAdam`` places ε as ``√(1-β2^t)/(√v_t + ε)``; differences are O(ε/√v̂).
@@ -128,13 +144,15 @@ def radam(
     """
     with naming("radam", decay="b1"):
         scale = RAdamScale(b2, eps, eps_root, threshold)
-        return optimizer(Ema(b1), scale, learning_rate, name="radam")
+        direction = NesterovEma(b1) if nesterov else Ema(b1)
+        return optimizer(direction, scale, learning_rate, name="radam")
 
 
 def lion(
     learning_rate: Schedule,
     b1: float = 0.9,
     b2: float = 0.99,
+    mu_dtype: Any = None,
     weight_decay: float = 1e-3,
     mask: Any = None,
 ) -> Optimizer:
@@ -146,7 +164,15 @@ def lion(
         m_t = \beta_2 m_{t-1} + (1-\beta_2) g_t
 
     Knobs: g = Lion sign momentum, σ = 1, after = weight decay, η = ``learning_rate``.
-    Equals ``optax.lion``.
+    Equals ``optax.lion`` (same arguments, in optax's order).
+
+    Args:
+      learning_rate: η, a float or a schedule of the step count.
+      b1: β1, the weight of the momentum inside the sign.
+      b2: β2, the decay of the momentum.
+      mu_dtype: the dtype the momentum is stored in; ``None``: the param's dtype.
+      weight_decay: λ, decoupled and multiplied by η (may be traced; 0 decays nothing).
+      mask: which leaves to decay (a tree of bools or a function of params).
 
     Example:
       >>> import gradtx, jax.numpy as jnp
@@ -164,8 +190,8 @@ def lion(
       Chen et al., *Symbolic Discovery of Optimization Algorithms*, 2023.
     """
     with naming("lion"):
-        after = (AddDecayedWeights(weight_decay, mask),) if weight_decay else ()
-        return optimizer(Lion(b1, b2), None, learning_rate, after=after, name="lion")
+        after = (AddDecayedWeights(weight_decay, mask),)
+        return optimizer(Lion(b1, b2, mu_dtype), None, learning_rate, after=after, name="lion")
 
 
 def lamb(
@@ -216,10 +242,10 @@ def lamb(
 def lars(
     learning_rate: Schedule,
     weight_decay: float = 0.0,
-    weight_decay_mask: Any = None,
+    weight_decay_mask: Any = True,
     trust_coefficient: float = 0.001,
     eps: float = 0.0,
-    trust_ratio_mask: Any = None,
+    trust_ratio_mask: Any = True,
     momentum: float = 0.9,
     nesterov: bool = False,
 ) -> Optimizer:
@@ -231,6 +257,17 @@ def lars(
         m_t = \mu m_{t-1} + \tilde u_t, \quad \theta_t = \theta_{t-1} - \eta_t m_t
 
     Knobs: before = weight decay and trust ratio, g = momentum, σ = 1, η = ``learning_rate``.
+
+    Args:
+      learning_rate: η, a float or a schedule of the step count.
+      weight_decay: λ of the L2 term added before the trust ratio.
+      weight_decay_mask: which leaves to decay: ``True`` (all, optax's default), a tree of
+        bools or a function of params.
+      trust_coefficient: c.
+      eps: ε in the denominator of the trust ratio.
+      trust_ratio_mask: which leaves get the trust ratio (``True``: all).
+      momentum: μ (``0.0`` keeps a buffer; may be traced).
+      nesterov: Nesterov momentum.
 
     Warning:
       ``optax.lars`` applies the learning rate before the momentum; the two agree for a
@@ -253,10 +290,10 @@ def lars(
     """
     with naming("lars"):
         before = (
-            AddDecayedWeights(weight_decay, weight_decay_mask),
-            ScaleByTrustRatio(0.0, trust_coefficient, eps, trust_ratio_mask),
+            AddDecayedWeights(weight_decay, _all_true(weight_decay_mask)),
+            ScaleByTrustRatio(0.0, trust_coefficient, eps, _all_true(trust_ratio_mask)),
         )
-        direction = Momentum(momentum, nesterov) if momentum else None
+        direction = Momentum(momentum, nesterov)
         return optimizer(direction, None, learning_rate, before=before, name="lars")
 
 
@@ -268,6 +305,7 @@ def adafactor(
     multiply_by_parameter_scale: bool = True,
     clipping_threshold: float | None = 1.0,
     momentum: float | None = None,
+    dtype_momentum: Any = jnp.float32,
     weight_decay_rate: float | None = None,
     eps: float = 1e-30,
     factored: bool = True,
@@ -287,6 +325,20 @@ def adafactor(
 
     Knobs: σ = factored RMS first, then g = EMA without debiasing (``scale_first``), after =
     weight decay, η = ``learning_rate``.
+
+    Args:
+      learning_rate: η, a float or a schedule; ``None`` means η = 1.
+      min_dim_size_to_factor: factor only arrays whose two largest axes are at least this long.
+      decay_rate: c in :math:`\hat\beta_{2,t} = 1 - t^{-c}`.
+      decay_offset: steps subtracted from ``t`` in that rule.
+      multiply_by_parameter_scale: scale the step by ``max(1e-3, RMS(θ))``.
+      clipping_threshold: d of the update clipping, or ``None`` for none.
+      momentum: β1 of an EMA of the updates, or ``None`` for none (no state).
+      dtype_momentum: the dtype that EMA is stored in (optax's default float32).
+      weight_decay_rate: λ, or ``None`` for no decay (``0.0`` keeps the stage; may be traced).
+      eps: ε1 added to the squared gradient.
+      factored: factor the second moment of large matrices at all.
+      weight_decay_mask: which leaves to decay (a tree of bools or a function of params).
 
     Warning:
       optax applies η before the momentum and adds weight decay unscaled by η; here the decay
@@ -318,9 +370,9 @@ def adafactor(
             factored,
             multiply_by_parameter_scale,
         )
-        direction = Ema(momentum, debias=False) if momentum is not None else None
-        after = (
-            (AddDecayedWeights(weight_decay_rate, weight_decay_mask),) if weight_decay_rate else ()
-        )
+        direction = Ema(momentum, False, dtype_momentum) if momentum is not None else None
+        after: tuple = ()
+        if weight_decay_rate is not None:
+            after = (AddDecayedWeights(weight_decay_rate, weight_decay_mask),)
         lr = 1.0 if learning_rate is None else learning_rate
         return optimizer(direction, scale, lr, after=after, scale_first=True, name="adafactor")

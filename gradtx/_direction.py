@@ -7,6 +7,8 @@ Each knob is written for one array; :class:`~gradtx.Knobs` lifts it to pytrees. 
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 
@@ -16,8 +18,38 @@ from ._struct import hyper, static
 
 __all__ = ["Momentum", "Ema", "NesterovEma", "Lion", "Sign"]
 
+_LION_MODES = ("hard", "smooth", "refined")
 
-class Momentum(Direction):
+
+class _StoredDtype(Direction):
+    """A direction whose ``mu`` slot may be stored in a chosen dtype (``dtype`` field).
+
+    ``dtype=None`` stores ``mu`` in the param's dtype. The step runs in the compute dtype (at
+    least float32) and the new ``mu`` is cast back to the stored dtype. Subclasses declare the
+    field last (``dtype: Any = static(None)``), so positional arguments keep their order.
+    """
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        dtype = getattr(self, "dtype", None)
+        if dtype is not None:
+            try:
+                dt = jnp.dtype(dtype)
+            except TypeError:
+                raise TypeError(
+                    f"gradtx.{self.name}: dtype must be a dtype or None, got {dtype!r}"
+                ) from None
+            if not jnp.issubdtype(dt, jnp.inexact):
+                raise TypeError(f"gradtx.{self.name}: dtype must be a float dtype, got {dt}")
+            object.__setattr__(self, "dtype", dt)
+
+    def init_leaf(self, param: jax.Array) -> dict[str, jax.Array]:
+        dtype = getattr(self, "dtype", None)
+        dt = None if dtype is None else jax.dtypes.canonicalize_dtype(dtype)
+        return {"mu": jnp.zeros_like(param, dtype=dt)}
+
+
+class Momentum(_StoredDtype):
     r"""Heavy-ball momentum (Polyak), or Nesterov's accelerated form.
 
     .. math::
@@ -25,6 +57,12 @@ class Momentum(Direction):
         d_t = m_t \;\;\text{(heavy ball)}, \qquad d_t = g_t + \mu\, m_t \;\;\text{(Nesterov)}
 
     ``m_0 = 0``. This is ``torch.optim.SGD`` with ``dampening=0`` and optax's ``trace``.
+
+    Attributes:
+      momentum: μ, a float (or a schedule); 0 gives ``d_t = g_t``.
+      nesterov: use Nesterov's form.
+      dtype: the dtype ``m`` is stored in (optax's ``accumulator_dtype``); ``None``: the
+        param's dtype.
 
     References:
       Polyak, *Some methods of speeding up the convergence of iteration methods*, 1964.
@@ -38,6 +76,7 @@ class Momentum(Direction):
     summary = "heavy-ball momentum m = μ·m + g"
     momentum: float = hyper(0.9, "unit")
     nesterov: bool = static(False)
+    dtype: Any = static(None)
 
     def step(self, g: jax.Array, slots: dict, ctx: Context) -> tuple[jax.Array, dict]:
         m = self.momentum * slots["mu"] + g
@@ -45,12 +84,18 @@ class Momentum(Direction):
         return d, {"mu": m}
 
 
-class Ema(Direction):
+class Ema(_StoredDtype):
     r"""Exponential moving average of the gradient, optionally bias-corrected (Adam's ``m``).
 
     .. math::
         m_t = \beta_1 m_{t-1} + (1-\beta_1)\, g_t, \qquad
         d_t = m_t / (1 - \beta_1^t) \;\;\text{(debias)} \quad\text{or}\quad d_t = m_t
+
+    Attributes:
+      decay: β1.
+      debias: divide by ``1 - β1^t``.
+      dtype: the dtype ``m`` is stored in (optax's ``mu_dtype`` / ``accumulator_dtype``);
+        ``None``: the param's dtype.
 
     References:
       Kingma & Ba, *Adam: A Method for Stochastic Optimization*, ICLR 2015.
@@ -63,6 +108,7 @@ class Ema(Direction):
     summary = "EMA of gradients m = β1·m + (1−β1)·g"
     decay: float = hyper(0.9, "unit")
     debias: bool = static(True)
+    dtype: Any = static(None)
 
     @property
     def needs_step(self) -> bool:  # type: ignore[override]
@@ -74,7 +120,7 @@ class Ema(Direction):
         return d, {"mu": m}
 
 
-class NesterovEma(Direction):
+class NesterovEma(_StoredDtype):
     r"""Nesterov-style bias-corrected EMA, the direction of NAdam.
 
     .. math::
@@ -95,6 +141,7 @@ class NesterovEma(Direction):
     needs_step = True
     summary = "Nesterov EMA (NAdam) d = β1·m̂_{t+1} + (1−β1)·ĝ_t"
     decay: float = hyper(0.9, "unit")
+    dtype: Any = static(None)
 
     def step(self, g: jax.Array, slots: dict, ctx: Context) -> tuple[jax.Array, dict]:
         b = self.decay
@@ -103,12 +150,22 @@ class NesterovEma(Direction):
         return d, {"mu": m}
 
 
-class Lion(Direction):
+class Lion(_StoredDtype):
     r"""The sign of an interpolation between momentum and gradient (Lion).
 
     .. math::
-        d_t = \operatorname{sign}(\beta_1 m_{t-1} + (1-\beta_1) g_t), \qquad
+        x_t = \beta_1 m_{t-1} + (1-\beta_1) g_t, \qquad
+        d_t = \operatorname{sign}(x_t), \qquad
         m_t = \beta_2 m_{t-1} + (1-\beta_2) g_t
+
+    Attributes:
+      b1: β1, the interpolation weight of the momentum in ``x_t``.
+      b2: β2, the decay of ``m``.
+      dtype: the dtype ``m`` is stored in (optax's ``mu_dtype``); ``None``: the param's dtype.
+      mode: ``"hard"`` (the paper's sign), ``"smooth"`` (:math:`d_t = \tanh(\beta x_t)`) or
+        ``"refined"`` (:math:`d_t = x_t` where :math:`|x_t| < 1`, else its sign), as in
+        ``optax.scale_by_lion``.
+      smooth_beta: β of the ``"smooth"`` mode.
 
     References:
       Chen et al., *Symbolic Discovery of Optimization Algorithms*, 2023.
@@ -121,10 +178,26 @@ class Lion(Direction):
     summary = "sign(β1·m + (1−β1)·g), m = β2·m + (1−β2)·g"
     b1: float = hyper(0.9, "unit")
     b2: float = hyper(0.99, "unit")
+    dtype: Any = static(None)
+    mode: str = static("hard")
+    smooth_beta: float = hyper(1.0, "any")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.mode not in _LION_MODES:
+            raise ValueError(
+                f"gradtx.{self.name}: mode must be one of {list(_LION_MODES)}, got {self.mode!r}"
+            )
 
     def step(self, g: jax.Array, slots: dict, ctx: Context) -> tuple[jax.Array, dict]:
         m = slots["mu"]
-        d = jnp.sign(self.b1 * m + (1 - self.b1) * g)
+        x = self.b1 * m + (1 - self.b1) * g
+        if self.mode == "smooth":
+            d = jnp.tanh(self.smooth_beta * x)
+        elif self.mode == "refined":
+            d = jnp.where(jnp.abs(x) < 1, x, jnp.sign(x))
+        else:
+            d = jnp.sign(x)
         return d, {"mu": self.b2 * m + (1 - self.b2) * g}
 
 

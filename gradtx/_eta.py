@@ -1,15 +1,31 @@
-"""The η knob, step size over time: a constant factor or a learning rate that may be scheduled."""
+"""The η knob, step size over time: a constant factor or a learning rate that may be scheduled.
+
+Also the two constant extremes under optax's names: :func:`identity` (η = 1, no sign flip) and
+:func:`set_to_zero` (η = 0).
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 
 from ._base import Context, Stage
 from ._struct import hyper, static
 
-__all__ = ["ConstantScale", "ScaleByLearningRate", "scale", "scale_by_learning_rate"]
+__all__ = [
+    "ConstantScale",
+    "ScaleByLearningRate",
+    "ScaleBySchedule",
+    "Identity",
+    "SetToZero",
+    "scale",
+    "scale_by_learning_rate",
+    "scale_by_schedule",
+    "identity",
+    "set_to_zero",
+]
 
 
 class ConstantScale(Stage):
@@ -49,13 +65,98 @@ class ScaleByLearningRate(Stage):
         return f"learning_rate({self.learning_rate!r})"
 
 
+class ScaleBySchedule(Stage):
+    r"""Multiplies updates by a schedule of the step count, :math:`u_t = s(\text{count})\, g_t`.
+
+    ``count`` is the number of updates already applied (0 at the first), as in
+    ``optax.scale_by_schedule``. No sign flip and no check of the schedule's values.
+    """
+
+    elementwise = True
+
+    name = "scale_by_schedule"
+    step_size_fn: Any = hyper(None, "any")
+
+    def __post_init__(self) -> None:
+        if not callable(self.step_size_fn):
+            raise TypeError(
+                f"gradtx.scale_by_schedule: step_size_fn must be a function of the step count, "
+                f"got {type(self.step_size_fn).__name__}"
+            )
+        super().__post_init__()
+
+    def update_leaf(self, g: jax.Array, slots: dict, param: Any, ctx: Context):
+        return self.step_size_fn * g, slots
+
+
+class Identity(Stage):
+    """Passes updates through unchanged and keeps no state (optax's ``identity``)."""
+
+    elementwise = True
+
+    name = "identity"
+
+    def update_leaf(self, g: jax.Array, slots: dict, param: Any, ctx: Context):
+        return g, slots
+
+
+class SetToZero(Stage):
+    """Replaces every update by zeros of its shape and dtype (optax's ``set_to_zero``)."""
+
+    elementwise = True
+
+    name = "set_to_zero"
+
+    def update_leaf(self, g: jax.Array, slots: dict, param: Any, ctx: Context):
+        return jnp.zeros_like(g), slots
+
+
 def scale(step_size: float) -> ConstantScale:
-    """Multiplies updates by ``step_size`` (no sign flip)."""
+    r"""Multiplies updates by ``step_size`` (no sign flip).
+
+    Args:
+      step_size: the constant factor c in :math:`u_t = c\, g_t`.
+    """
     return ConstantScale(step_size)
 
 
-def scale_by_learning_rate(learning_rate: Any, *, flip_sign: bool = True) -> ScaleByLearningRate:
+def scale_by_schedule(step_size_fn: Any) -> ScaleBySchedule:
+    """Multiplies updates by ``step_size_fn(count)`` (no sign flip), as ``optax.scale_by_schedule``.
+
+    Args:
+      step_size_fn: a function of the number of updates already applied (0 at the first).
+
+    Example:
+      >>> import gradtx, jax.numpy as jnp
+      >>> tx = gradtx.scale_by_schedule(lambda count: jnp.where(count > 0, 0.5, 1.0))
+      >>> state = tx.init({"w": jnp.ones(2)})
+      >>> u, state = tx.update({"w": jnp.ones(2)}, state)
+      >>> u, state = tx.update({"w": jnp.ones(2)}, state)
+      >>> u["w"].tolist()
+      [0.5, 0.5]
+    """
+    return ScaleBySchedule(step_size_fn)
+
+
+def identity() -> Identity:
+    """The transformation that leaves updates unchanged (``optax.identity``)."""
+    return Identity()
+
+
+def set_to_zero() -> SetToZero:
+    """The transformation that makes every update zero (``optax.set_to_zero``), e.g. to freeze
+    the parameters of one branch of :func:`optax.multi_transform`."""
+    return SetToZero()
+
+
+def scale_by_learning_rate(
+    learning_rate: Any = None, *, flip_sign: bool = True
+) -> ScaleByLearningRate | Identity:
     """Scales by ``-learning_rate`` (a float or a schedule of the step count).
+
+    Args:
+      learning_rate: η, a float or a schedule; ``None`` gives :func:`identity` (as optax).
+      flip_sign: multiply by ``-η`` (descent) instead of ``η``.
 
     Example:
       >>> import gradtx, jax.numpy as jnp
@@ -64,4 +165,6 @@ def scale_by_learning_rate(learning_rate: Any, *, flip_sign: bool = True) -> Sca
       >>> u["w"].tolist()
       [-1.0, -1.0]
     """
+    if learning_rate is None:
+        return Identity()
     return ScaleByLearningRate(learning_rate, flip_sign)

@@ -115,12 +115,22 @@ SPECS: dict[str, tuple[str, dict[str, Any]]] = {
         "adagrad",
         dict(learning_rate=0.1, initial_accumulator_value=0.05, eps=1e-3, average=True),
     ),
-    "rmsprop": ("rmsprop", dict(learning_rate=0.01, decay=0.95, eps=1e-3)),
+    "rmsprop": ("rmsprop", dict(learning_rate=0.01, decay=0.95, eps=1e-3, eps_in_sqrt=False)),
     "rmsprop_centered": (
         "rmsprop",
-        dict(learning_rate=0.01, decay=0.95, eps=1e-3, initial_scale=0.1, centered=True),
+        dict(
+            learning_rate=0.01,
+            decay=0.95,
+            eps=1e-3,
+            initial_scale=0.1,
+            centered=True,
+            eps_in_sqrt=False,
+        ),
     ),
-    "rmsprop_momentum": ("rmsprop", dict(learning_rate=0.01, decay=0.95, eps=1e-3, momentum=0.8)),
+    "rmsprop_momentum": (
+        "rmsprop",
+        dict(learning_rate=0.01, decay=0.95, eps=1e-3, momentum=0.8, eps_in_sqrt=False),
+    ),
     "rmsprop_eps_in_sqrt": (
         "rmsprop",
         dict(learning_rate=0.01, decay=0.95, eps=1e-4, eps_in_sqrt=True),
