@@ -1,7 +1,8 @@
 """More σ knobs: AdaBelief, Yogi, Adadelta and RAdam's rectified scale.
 
 Each returns ``m_t / σ_t`` from the direction ``m_t`` (debiased EMA for the Adam family) and
-keeps its statistic per parameter. ``t = step + 1``.
+keeps its statistic per parameter. ``t = step + 1``. Complex parameters, float16 statistics
+(stored in float32), overflow-safe squares and safe roots as described in :mod:`gradtx._scale`.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import jax.numpy as jnp
 
 from ._base import Context, one_minus_pow
 from ._knobs import Scale
+from ._scale import debiased_root, moment_full, real, safe_sqrt, scaled_sq
 from ._struct import hyper
 
 __all__ = ["AdaBeliefScale", "YogiScale", "AdadeltaScale", "RAdamScale"]
@@ -20,7 +22,7 @@ class AdaBeliefScale(Scale):
     r"""AdaBelief's σ: the EMA of the squared *surprise* ``g_t − m_t`` instead of ``g_t²``.
 
     .. math::
-        s_t = \beta_2 s_{t-1} + (1-\beta_2)(g_t - m_t)^2 + \epsilon_{root}, \quad
+        s_t = \beta_2 s_{t-1} + (1-\beta_2)|g_t - m_t|^2 + \epsilon_{root}, \quad
         \sigma_t = \sqrt{s_t / (1-\beta_2^t)} + \epsilon
 
     ``m_t`` is the direction knob's raw (not debiased) EMA, read from its ``mu`` slot. As in the
@@ -45,16 +47,19 @@ class AdaBeliefScale(Scale):
         if direction is None or "mu" not in direction:
             raise TypeError(f"gradtx.{self.name} needs a direction knob with a 'mu' slot")
         err = g - direction["mu"]
-        s = self.b2 * slots["nu"] + (1 - self.b2) * err * err + self.eps_root
-        sigma = jnp.sqrt(s / one_minus_pow(self.b2, ctx.t)) + self.eps
+        s = self.b2 * slots["nu"] + scaled_sq(1 - self.b2, err) + self.eps_root
+        sigma = debiased_root(s, self.b2, ctx.t) + self.eps
         return m / sigma, {"nu": s}
+
+    def init_leaf(self, param: jax.Array) -> dict:
+        return {"nu": moment_full(param)}
 
 
 class YogiScale(Scale):
     r"""Yogi's σ: an additive second-moment update that moves ``v`` towards ``g²`` slowly.
 
     .. math::
-        v_t = v_{t-1} - (1-\beta_2)\,\operatorname{sign}(v_{t-1} - g_t^2)\, g_t^2, \quad
+        v_t = v_{t-1} - (1-\beta_2)\,\operatorname{sign}(v_{t-1} - |g_t|^2)\, |g_t|^2, \quad
         \sigma_t = \sqrt{v_t / (1-\beta_2^t) + \epsilon_{root}} + \epsilon
 
     ``v_0 = initial_accumulator_value``. Bias correction as in ``optax.yogi``.
@@ -78,12 +83,14 @@ class YogiScale(Scale):
     initial_accumulator_value: float = hyper(1e-6, "nonnegative")
 
     def init_leaf(self, param: jax.Array) -> dict:
-        return {"nu": jnp.full_like(param, self.initial_accumulator_value)}
+        return {"nu": moment_full(param, self.initial_accumulator_value)}
 
     def step(self, g, m, slots, param, ctx: Context):
-        g2 = g * g
-        v = slots["nu"] - (1 - self.b2) * jnp.sign(slots["nu"] - g2) * g2
-        sigma = jnp.sqrt(v / one_minus_pow(self.b2, ctx.t) + self.eps_root) + self.eps
+        c = 1 - self.b2
+        h = scaled_sq(c, g)  # (1-β2)·g², formed without overflow
+        # sign(v - g²) = sign((1-β2)·v - h): the same comparison without forming g².
+        v = slots["nu"] - jnp.sign(c * slots["nu"] - h) * h
+        sigma = debiased_root(v, self.b2, ctx.t, self.eps_root) + self.eps
         return m / sigma, {"nu": v}
 
 
@@ -91,9 +98,9 @@ class AdadeltaScale(Scale):
     r"""Adadelta: σ is the ratio of the RMS of past gradients to the RMS of past updates.
 
     .. math::
-        v_t = \rho v_{t-1} + (1-\rho) g_t^2, \quad
+        v_t = \rho v_{t-1} + (1-\rho) |g_t|^2, \quad
         d_t = \frac{\sqrt{x_{t-1} + \epsilon}}{\sqrt{v_t + \epsilon}}\, m_t, \quad
-        x_t = \rho x_{t-1} + (1-\rho) d_t^2
+        x_t = \rho x_{t-1} + (1-\rho) |d_t|^2
 
     As in ``torch.optim.Adadelta`` and ``optax.adadelta`` (whose default learning rate is 1).
 
@@ -109,10 +116,13 @@ class AdadeltaScale(Scale):
     rho: float = hyper(0.9, "unit")
     eps: float = hyper(1e-6, "positive")
 
+    def init_leaf(self, param: jax.Array) -> dict:
+        return {"nu": moment_full(param), "delta_nu": moment_full(param)}
+
     def step(self, g, m, slots, param, ctx: Context):
-        v = self.rho * slots["nu"] + (1 - self.rho) * g * g
-        d = jnp.sqrt(slots["delta_nu"] + self.eps) / jnp.sqrt(v + self.eps) * m
-        x = self.rho * slots["delta_nu"] + (1 - self.rho) * d * d
+        v = self.rho * slots["nu"] + scaled_sq(1 - self.rho, g)
+        d = safe_sqrt(slots["delta_nu"] + self.eps) / safe_sqrt(v + self.eps) * m
+        x = self.rho * slots["delta_nu"] + scaled_sq(1 - self.rho, d)
         return d, {"nu": v, "delta_nu": x}
 
 
@@ -149,12 +159,17 @@ class RAdamScale(Scale):
 
     def step(self, g, m, slots, param, ctx: Context):
         b2, t = self.b2, ctx.t
-        v = b2 * slots["nu"] + (1 - b2) * g * g
-        rho_inf = 2 / (1 - b2) - 1
-        debias = one_minus_pow(b2, t)  # 1 - b2**t
-        rho = rho_inf - 2 * t * (1 - debias) / debias
-        rect = jnp.sqrt(
+        v = b2 * slots["nu"] + scaled_sq(1 - b2, g)
+        # The rectification is a real scalar of b2 and t: computed in real arithmetic.
+        b2r, tr = real(b2), real(t)
+        rho_inf = 2 / (1 - b2r) - 1
+        debias = one_minus_pow(b2r, tr)  # 1 - b2**t
+        rho = rho_inf - 2 * tr * (1 - debias) / debias
+        rect = safe_sqrt(
             jnp.maximum((rho - 4) * (rho - 2) * rho_inf, 0) / ((rho_inf - 4) * (rho_inf - 2) * rho)
         )
-        adapted = rect * m / (jnp.sqrt(v / debias + self.eps_root) + self.eps)
-        return jnp.where(rho > self.threshold, adapted, m), {"nu": v}
+        adapted = rect.astype(m.dtype) * m / (debiased_root(v, b2, t, self.eps_root) + self.eps)
+        return jnp.where(rho > real(self.threshold), adapted, m), {"nu": v}
+
+    def init_leaf(self, param: jax.Array) -> dict:
+        return {"nu": moment_full(param)}

@@ -606,8 +606,11 @@ class AdaptiveGradClip:
     """Brock et al. 2021, eq. 3: per unit i, if ‖G_i‖/‖W_i‖⋆ > λ then ``G_i ← λ‖W_i‖⋆/‖G_i‖ G_i``,
     ``‖W‖⋆ = max(‖W‖, ε)``.
 
-    A unit (gradtx's documented choice for flax's ``(..., in, out)`` kernels) is one entry of the
-    last axis, its norm taken over all other axes; scalars and vectors are a single unit.
+    Units by rank, as ``optax.adaptive_grad_clip`` defines them (gradtx's default): arrays with
+    at most one axis longer than 1 are one unit; a 2-d or 3-d array's unit is a slice along
+    axis 0 (its norm over axis 0: one per output of an ``(in, out)`` kernel); a 4-d or 5-d
+    array's unit is one entry of the last axis (its norm over all the others). Written as a
+    loop over units, independently of gradtx's reductions.
     """
 
     def __init__(self, clipping, eps=1e-3):
@@ -617,17 +620,24 @@ class AdaptiveGradClip:
         return {}
 
     def step(self, g, s, p, t):
-        if g.ndim <= 1:
-            w_norm, g_norm = max(_norm(p), self.eps), _norm(g)
-            return (self.lam * w_norm / g_norm * g if g_norm > self.lam * w_norm else g), s
-        flat_w = p.reshape(-1, p.shape[-1])
-        flat_g = g.reshape(-1, g.shape[-1])
+        if sum(d > 1 for d in g.shape) <= 1:
+            axes: tuple[int, ...] = tuple(range(g.ndim))
+        elif g.ndim in (2, 3):
+            axes = (0,)
+        else:
+            axes = tuple(range(g.ndim - 1))
+        kept = [a for a in range(g.ndim) if a not in axes]
+        order = list(axes) + kept  # reduced axes first: a unit is one column
+        n_units = int(np.prod([g.shape[a] for a in kept], dtype=np.int64))
+        flat_g = np.transpose(g, order).reshape(-1, n_units)
+        flat_w = np.transpose(p, order).reshape(-1, n_units)
         out = flat_g.copy()
-        for i in range(flat_g.shape[1]):
+        for i in range(n_units):
             w_norm, g_norm = max(_norm(flat_w[:, i]), self.eps), _norm(flat_g[:, i])
             if g_norm > self.lam * w_norm:
-                out[:, i] = self.lam * w_norm / g_norm * flat_g[:, i]
-        return out.reshape(g.shape), s
+                out[:, i] = self.lam * w_norm / max(g_norm, 1e-6) * flat_g[:, i]
+        shaped = out.reshape([g.shape[a] for a in order])
+        return np.transpose(shaped, np.argsort(order)), s
 
 
 class AddDecayedWeights:

@@ -384,11 +384,16 @@ def test_scale_by_trust_ratio_zero_param():
     _compare(gradtx.scale_by_trust_ratio(), optax.scale_by_trust_ratio(), params, grads, move=False)
 
 
-# adaptive_grad_clip Warning: for 3-d arrays optax reduces over axis 0 only, gradtx over all
-# but the last axis, so only vectors, matrices and 4-d (conv, HWIO) kernels are compared. optax
-# also takes a single norm for an array with one axis longer than 1, e.g. (1, n) (it squeezes
-# first): no such shapes here. Both differences are pinned in test_adaptive_grad_clip_differs.
-AGC_SHAPES = {"dense": (6, 4), "conv": (3, 3, 2, 4), "bias": (4,)}
+# adaptive_grad_clip: gradtx's default units are optax's rule by rank, for every rank optax
+# handles: vectors, (1, n) arrays (one norm), matrices, 3-d (axis 0), 4-d (HWIO) and 5-d.
+AGC_SHAPES = {
+    "dense": (6, 4),
+    "conv": (3, 3, 2, 4),
+    "bias": (4,),
+    "heads": (4, 3, 5),
+    "row": (1, 6),
+    "conv3d": (2, 2, 2, 3, 4),
+}
 
 
 @pytest.mark.parametrize("clipping", [0.05, 0.3, 1.0])
@@ -410,16 +415,19 @@ def test_adaptive_grad_clip_matches_optax(clipping):
         assert clipped.any() and not clipped.all()
 
 
-@pytest.mark.parametrize("shape", [(4, 3, 5), (1, 6)], ids=["3d", "squeezable"])
-def test_adaptive_grad_clip_differs(shape):
-    """The adaptive_grad_clip Warning, pinned: 3-d arrays, and arrays with one long axis."""
-    shapes = {"heads": shape}
-    params, grads = _data(shapes)
-    a = _run(gradtx.adaptive_grad_clip(0.3), params, grads, move=False, jit=True)
-    b = _run(
-        optax.adaptive_grad_clip(0.3), params, grads, move=False, promotion="standard", jit=True
+@pytest.mark.parametrize("axis", [0, (0, 1), -1])
+def test_adaptive_grad_clip_axis_matches_optax(axis):
+    """An explicit ``axis`` means what optax's ``axis`` means (the axes a unit's norm covers)."""
+    params, grads = _data({"k": (4, 3, 5)})
+    _compare(
+        gradtx.adaptive_grad_clip(0.3, axis=axis),
+        optax.adaptive_grad_clip(0.3, axis=axis),
+        params,
+        grads,
+        move=False,
+        shapes={"k": (4, 3, 5)},
+        jit=True,
     )
-    assert not all(np.allclose(x["heads"], y["heads"], **TOL) for x, y in zip(a, b))
 
 
 # --- each library inside the other's chain ---------------------------------------------------

@@ -130,26 +130,27 @@ CASES = [
         gradtx.adagrad(0.1, initial_accumulator_value=0.0, eps=1e-10),
         lambda p: optim.Adagrad(p, lr=0.1),
     ),
-    # RMSprop: gradtx's eps is outside the root by default, as torch's; torch's default alpha
-    # is 0.99 and gradtx's decay 0.9 (the rmsprop Warning), so it is passed explicitly.
+    # RMSprop: torch's eps is outside the root, gradtx's default (optax's) inside, so
+    # eps_in_sqrt=False is passed; torch's default alpha is 0.99 and gradtx's decay 0.9 (the
+    # rmsprop Warning), so it is passed explicitly too.
     (
         "rmsprop",
-        gradtx.rmsprop(0.01, decay=0.9, eps=0.1),
+        gradtx.rmsprop(0.01, decay=0.9, eps=0.1, eps_in_sqrt=False),
         lambda p: optim.RMSprop(p, lr=0.01, alpha=0.9, eps=0.1),
     ),
     (
         "rmsprop_centered",
-        gradtx.rmsprop(0.01, decay=0.99, centered=True),
+        gradtx.rmsprop(0.01, decay=0.99, centered=True, eps_in_sqrt=False),
         lambda p: optim.RMSprop(p, lr=0.01, alpha=0.99, centered=True),
     ),
     (
         "rmsprop_momentum",
-        gradtx.rmsprop(0.01, decay=0.9, momentum=0.9),
+        gradtx.rmsprop(0.01, decay=0.9, momentum=0.9, eps_in_sqrt=False),
         lambda p: optim.RMSprop(p, lr=0.01, alpha=0.9, momentum=0.9),
     ),
     (
         "rmsprop_centered_momentum",
-        gradtx.rmsprop(0.01, decay=0.9, centered=True, momentum=0.5),
+        gradtx.rmsprop(0.01, decay=0.9, centered=True, momentum=0.5, eps_in_sqrt=False),
         lambda p: optim.RMSprop(p, lr=0.01, alpha=0.9, centered=True, momentum=0.5),
     ),
     ("adadelta", gradtx.adadelta(1.0), lambda p: optim.Adadelta(p, lr=1.0, rho=0.9, eps=1e-6)),
