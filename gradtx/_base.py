@@ -26,7 +26,15 @@ from ._packed_tx import init_pieces, leaf_sums, update_pieces
 from ._packing import flat_segments, logical_tree, packed_mask
 from ._state import State
 from ._struct import FrozenTree, Struct, has_schedule, resolve
-from ._tree import TransformError, check_float_leaves, check_structure, flatten, path_str
+from ._tree import (
+    TransformError,
+    check_float_leaves,
+    check_structure,
+    flatten,
+    is_none,
+    is_own_error,
+    path_str,
+)
 
 __all__ = [
     "GradientTransformation",
@@ -36,9 +44,31 @@ __all__ = [
     "increment",
     "one_minus_pow",
     "INT32_MAX",
+    "scalar_like",
+    "slot_shapes",
 ]
 
 INT32_MAX = 2**31 - 1
+
+
+def scalar_like(params: Any, value: Any, dtype: Any) -> jax.Array:
+    """A scalar state entry (a step count) placed as a jitted step over ``params`` returns it.
+
+    When the first array leaf of ``params`` is sharded with a :class:`jax.sharding.NamedSharding`,
+    the scalar is replicated on the same mesh (``NamedSharding(mesh, P())``): the placement a
+    jitted step gives the count it returns, so the step compiles once, not again at the second
+    call. Otherwise (one device, abstract or traced params) a plain array.
+    """
+    out = jnp.full((), value, dtype)
+    for leaf in jax.tree_util.tree_leaves(params):
+        if isinstance(leaf, jax.core.Tracer) or not isinstance(leaf, jax.Array):
+            continue
+        sharding = getattr(leaf, "sharding", None)
+        if isinstance(sharding, jax.sharding.NamedSharding) and len(sharding.device_set) > 1:
+            replicated = jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())
+            return jax.device_put(out, replicated)
+        break
+    return out
 
 
 def increment(count: jax.Array) -> jax.Array:
@@ -216,7 +246,7 @@ class Stage(GradientTransformation):
             per_leaf.append(slots)
         entries: dict[str, Any] = {}
         if self.counts:
-            entries["count"] = jnp.zeros([], jnp.int32)
+            entries["count"] = scalar_like(params, 0, jnp.int32)
         for s in self.slots:
             entries[s] = treedef.unflatten([None if d is None else d[s] for d in per_leaf])
         return State(entries)
@@ -239,9 +269,27 @@ class Stage(GradientTransformation):
                 f"gradtx.{self.name}: update needs keyword argument(s) {', '.join(missing)}"
             )
 
+    def _check_slot_shapes(self, path: Any, g: jax.Array, slots: dict[str, jax.Array]) -> None:
+        """Raises :class:`TransformError` if a slot's shape is not the one ``init`` makes for an
+        array of ``g``'s shape (see :func:`slot_shapes`). Shapes are static: this runs while
+        tracing (or eagerly, from a cache), never in the compiled step."""
+        if not slots:
+            return
+        expected = slot_shapes(self, jnp.shape(g), jnp.result_type(g))
+        for s, v in slots.items():
+            if jnp.shape(v) != expected[s]:
+                raise TransformError(
+                    f"gradtx.{self.name}: state.{s} at {path_str(path)} has shape "
+                    f"{jnp.shape(v)}, but updates there have shape {jnp.shape(g)}, for which "
+                    f"init makes {expected[s]} (was the state built for other params, e.g. "
+                    "restored from another model's checkpoint?)"
+                )
+
     def update(
         self, updates: Any, state: State, params: Any | None = None, **extra: Any
     ) -> tuple[Any, State]:
+        if not self.slots and not self.counts and _is_empty_state(state):
+            return self._update_stateless(updates, state, params, extra)
         self._check_update_args(updates, state, params, extra)
         leaves, treedef = flatten(updates)
         n = len(leaves)
@@ -277,6 +325,8 @@ class Stage(GradientTransformation):
                         f"gradtx.{self.name}: state.{s} holds no state for {path_str(path)} "
                         "(was init given a different tree or mask?)"
                     )
+            if segs is None or segs[i] is None:
+                self._check_slot_shapes(path, g, slots)
             p = param_leaves[i]
             if self.needs_params and p is None:
                 raise TransformError(
@@ -300,12 +350,12 @@ class Stage(GradientTransformation):
                     u, ns = update_pieces(hp_c, *args, seg, active[i])
                 else:
                     u, ns = hp_c.update_leaf(*args)
-            except (TypeError, ValueError) as e:
-                if type(e) not in (TypeError, ValueError) or str(e).startswith("gradtx."):
-                    raise
-                raise type(e)(  # e.g. a state slot whose shape does not fit the update
-                    f"gradtx.{self.name}: at {path_str(path)}: {e}"
-                ) from e
+            except Exception as e:
+                # Foreign exceptions (JAX's, a user's schedule or rule) pass through as the
+                # same object, with a note saying where; gradtx's own already name the stage.
+                if not is_own_error(e) and hasattr(e, "add_note"):
+                    e.add_note(f"(raised by gradtx.{self.name} at {path_str(path)})")
+                raise
             out.append(u.astype(g.dtype))
             for s in self.slots:
                 new_slots[s].append(ns[s].astype(slots[s].dtype))
@@ -315,6 +365,46 @@ class Stage(GradientTransformation):
         for s in self.slots:
             entries[s] = treedef.unflatten(new_slots[s])
         return treedef.unflatten(out), State(entries)
+
+    def _update_stateless(self, updates: Any, state: Any, params: Any, extra: dict) -> tuple:
+        """A stage without state given an empty state of another type (``optax.EmptyState()``,
+        ``()``, what optax code passes): runs as usual and returns that state unchanged."""
+        out, _ = self.update(updates, State(), params, **extra)
+        return out, state
+
+
+def _is_empty_state(state: Any) -> bool:
+    """``optax.EmptyState()``, ``()`` or ``[]``: the empty states optax code passes."""
+    return not isinstance(state, State) and isinstance(state, (tuple, list)) and len(state) == 0
+
+
+_SLOT_SHAPES: dict[Any, dict[str, tuple[int, ...]]] = {}
+
+
+def slot_shapes(stage: Stage, shape: tuple[int, ...], dtype: Any) -> dict[str, tuple[int, ...]]:
+    """The shape of each slot ``stage.init`` makes for a (non-packed) array of ``shape``.
+
+    Found with ``jax.eval_shape(stage.init_leaf, ...)`` (so a stage whose slots are not
+    params-shaped, such as Adafactor's factored moments, needs no declaration) and cached by
+    the stage's static configuration (its tree structure), the shape and the dtype.
+    """
+    treedef: Any = jax.tree_util.tree_structure(stage)
+    key: Any = (treedef, tuple(shape), jnp.dtype(dtype))
+    try:
+        hash(key)
+    except TypeError:  # unhashable static data: no cache
+        key = None
+    if key is not None and key in _SLOT_SHAPES:
+        return _SLOT_SHAPES[key]
+    n = treedef.num_leaves
+    probe = jax.tree_util.tree_unflatten(treedef, [jnp.zeros((), jnp.float32)] * n)
+    out = jax.eval_shape(probe.init_leaf, jax.ShapeDtypeStruct(tuple(shape), dtype))
+    shapes = {s: tuple(v.shape) for s, v in out.items()}
+    if key is not None:
+        if len(_SLOT_SHAPES) >= 4096:  # bounded: drop the oldest entry
+            del _SLOT_SHAPES[next(iter(_SLOT_SHAPES))]
+        _SLOT_SHAPES[key] = shapes
+    return shapes
 
 
 def one_minus_pow(b: Any, t: Any) -> jax.Array:
@@ -341,15 +431,30 @@ def _at_dtype(hp: Stage, step: Any, values: dict, extra: dict, dtype: Any) -> tu
 
 
 def apply_updates(params: Any, updates: Any) -> Any:
-    """``params + updates`` leaf by leaf, keeping each param's dtype; ``None`` leaves pass.
+    """``params + updates`` leaf by leaf, keeping each param's dtype, as ``optax.apply_updates``.
 
-    Same contract as ``optax.apply_updates``: the result has the params' structure and dtypes.
+    The rule: the result has the structure of ``params``. Where ``params`` has ``None`` (a
+    leaf, or the whole tree: ``apply_updates(None, updates)`` is ``None``), the result is
+    ``None`` whatever ``updates`` holds there; where ``updates`` has ``None``, the param is
+    kept. Elsewhere ``updates`` must have the params' structure and shapes (a
+    :class:`TransformError` names the leaf), and the sum is cast to the param's dtype.
     """
-    check_structure("apply_updates", "params", params, "updates", updates)
-
-    def add(p: Any, u: Any) -> Any:
+    treedef: Any = jax.tree_util.tree_structure(params, is_leaf=is_none)
+    try:
+        ups = treedef.flatten_up_to(updates)
+    except (ValueError, TypeError):
+        check_structure("apply_updates", "params", params, "updates", updates)
+        raise  # pragma: no cover  (check_structure raises for any mismatch flatten_up_to finds)
+    out = []
+    for (path, p), u in zip(flatten(params)[0], ups):
         if p is None or u is None:
-            return p
-        return (p + u.astype(p.dtype)).astype(p.dtype)
-
-    return jax.tree_util.tree_map(add, params, updates, is_leaf=lambda x: x is None)
+            out.append(p)
+            continue
+        if jnp.shape(p) != jnp.shape(u):
+            raise TransformError(
+                f"gradtx.apply_updates: at {path_str(path)}, updates has shape {jnp.shape(u)} "
+                f"but params has shape {jnp.shape(p)}"
+            )
+        dtype = jnp.result_type(p)
+        out.append(jnp.asarray(p + jnp.asarray(u).astype(dtype)).astype(dtype))
+    return treedef.unflatten(out)

@@ -30,15 +30,35 @@ from ._state import State
 __all__ = ["register_flax_serialization"]
 
 
+#: The key under which a msgpack state dict records what built the state (see State).
+BUILDER_KEY = "__gradtx_builder__"
+
+
 def _to_state_dict(state: State) -> dict[str, Any]:
     from flax import serialization  # noqa: PLC0415  (optional dependency)
 
-    return {name: serialization.to_state_dict(value) for name, value in state.items()}
+    out: dict[str, Any] = {
+        name: serialization.to_state_dict(value) for name, value in state.items()
+    }
+    tag = _state.builder(state)
+    if tag is not None:
+        out[BUILDER_KEY] = tag
+    return out
 
 
 def _from_state_dict(target: State, state_dict: dict[str, Any]) -> State:
     from flax import serialization  # noqa: PLC0415  (optional dependency)
 
+    state_dict = dict(state_dict)
+    saved_by = state_dict.pop(BUILDER_KEY, None)
+    target_by = _state.builder(target)
+    if isinstance(saved_by, bytes):
+        saved_by = saved_by.decode()
+    if saved_by is not None and target_by is not None and saved_by != target_by:
+        raise ValueError(
+            f"gradtx.State: the checkpoint at {serialization.current_path() or '<root>'} holds "
+            f"the state of {saved_by}, but the target is the state of {target_by}"
+        )
     names, saved = list(target), set(state_dict)
     if set(names) != saved:
         missing = sorted(set(names) - saved)
@@ -48,13 +68,15 @@ def _from_state_dict(target: State, state_dict: dict[str, Any]) -> State:
             f"{serialization.current_path()}: missing entries {missing}, unexpected {extra} "
             "(was the checkpoint written by a different transformation?)"
         )
-    return State(
+    restored = State(
         {n: serialization.from_state_dict(target[n], state_dict[n], name=n) for n in names}
     )
+    return _state.with_builder(restored, target_by)
 
 
 def register_flax_serialization() -> None:
-    """Registers :class:`~gradtx.State` with ``flax.serialization`` (msgpack checkpoints).
+    """Registers :class:`~gradtx.State` and :class:`~gradtx.Packed` with ``flax.serialization``
+    (msgpack checkpoints).
 
     Idempotent. gradtx calls this by itself when flax is in use (see the module docs), so it is
     only needed for a state built before flax was first imported. A state is saved as a dict of
@@ -76,8 +98,11 @@ def register_flax_serialization() -> None:
     """
     from flax import serialization  # noqa: PLC0415  (optional dependency)
 
+    from ._packing_serialization import register_packed_serialization  # noqa: PLC0415
+
     if not _state._flax_registered:
         _register(serialization)
+    register_packed_serialization()
 
 
 def register_if_flax_loaded() -> None:

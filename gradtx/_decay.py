@@ -7,6 +7,7 @@ from typing import Any
 import jax.numpy as jnp
 
 from ._base import Context, Stage
+from ._scale import abs_sq, safe_sqrt
 from ._struct import hyper, static
 
 __all__ = [
@@ -50,7 +51,9 @@ class ScaleByTrustRatio(Stage):
         r = c\,\frac{\max(\lVert\theta\rVert, n_0)}{\max(\lVert u\rVert, n_0) + \epsilon},
         \qquad u \leftarrow r\,u \quad(r = 1 \text{ if either norm is } 0)
 
-    with ``trust_coefficient`` c and ``min_norm`` n₀; leaves outside ``mask`` pass through.
+    with ``trust_coefficient`` c and ``min_norm`` n₀ (norms of complex arrays from ``|x|²``);
+    leaves outside ``mask`` (gradtx-only, keyword-only in :func:`scale_by_trust_ratio`) pass
+    through.
 
     References:
       You, Gitman & Ginsburg, *Large Batch Training of Convolutional Networks*, 2017 (LARS).
@@ -67,10 +70,12 @@ class ScaleByTrustRatio(Stage):
     mask: Any = static(None)
 
     def update_leaf(self, g, slots, param, ctx: Context):
-        p_norm = jnp.maximum(jnp.sqrt(ctx.leaf_sum(param * param)), self.min_norm)
-        u_norm = jnp.maximum(jnp.sqrt(ctx.leaf_sum(g * g)), self.min_norm)
-        ratio = self.trust_coefficient * p_norm / (u_norm + self.eps)
-        ratio = jnp.where((p_norm == 0) | (u_norm == 0), 1.0, ratio)
+        p_norm = jnp.maximum(safe_sqrt(ctx.leaf_sum(abs_sq(param))), self.min_norm)
+        u_norm = jnp.maximum(safe_sqrt(ctx.leaf_sum(abs_sq(g))), self.min_norm)
+        zero = (p_norm == 0) | (u_norm == 0)
+        # The double where keeps d(ratio) free of 0·∞ where a norm is 0.
+        ratio = self.trust_coefficient * p_norm / jnp.where(zero, 1, u_norm + self.eps)
+        ratio = jnp.where(zero, 1, ratio)
         return g * ratio, slots
 
 
@@ -89,7 +94,10 @@ def add_decayed_weights(weight_decay: float = 0.0, mask: Any = None) -> AddDecay
 
 
 def scale_by_trust_ratio(
-    min_norm: float = 0.0, trust_coefficient: float = 1.0, eps: float = 0.0, mask: Any = None
+    min_norm: float = 0.0, trust_coefficient: float = 1.0, eps: float = 0.0, *, mask: Any = None
 ) -> ScaleByTrustRatio:
-    """Scales each leaf's update by ``trust_coefficient * ||param|| / ||update||``."""
+    """Scales each leaf's update by ``trust_coefficient * ||param|| / ||update||``.
+
+    The signature is ``optax.scale_by_trust_ratio``'s; ``mask`` is gradtx's (keyword-only).
+    """
     return ScaleByTrustRatio(min_norm, trust_coefficient, eps, mask)

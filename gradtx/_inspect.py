@@ -25,17 +25,28 @@ def hyperparams(tx: Any, state: Any) -> dict[str, Any]:
     """The hyperparameters of ``tx`` as they apply at the step recorded in ``state``.
 
     Scheduled values are evaluated at the stage's ``count``; constants are returned as given.
-    A chain gives one nested dict per stage, keyed by stage name.
+    A stage gives a dict of its hyperparameter fields (nested knobs as nested dicts). A chain
+    gives one entry per stage, keyed by stage name: the stage's dict, or, when that dict has a
+    single field named like the stage itself (the η stage, ``learning_rate``), its value, so the
+    name is not repeated.
 
     Example:
       >>> import gradtx, jax.numpy as jnp
       >>> tx = gradtx.adam(gradtx.schedules.linear(1.0, 0.0, 10))
       >>> state = tx.init({"w": jnp.zeros(2)})
-      >>> float(gradtx.hyperparams(tx, state)["learning_rate"]["learning_rate"])
+      >>> float(gradtx.hyperparams(tx, state)["learning_rate"])
       1.0
+      >>> gradtx.hyperparams(tx, state)["knobs"]["scale"]["b2"]
+      0.999
     """
     if isinstance(tx, Chain):
-        return {n: hyperparams(s, state[n]) for n, s in zip(tx.names, tx.stages)}
+        out = {}
+        for n, s in zip(tx.names, tx.stages):
+            entry = hyperparams(s, state[n])
+            if isinstance(s, Stage) and list(entry) == [s.name]:
+                entry = entry[s.name]
+            out[n] = entry
+        return out
     if isinstance(tx, Stage):
         return _values(resolve(tx, state["count"] if tx.counts else None))
     return {}

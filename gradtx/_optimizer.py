@@ -9,7 +9,9 @@ from typing import Any
 from ._chain import Chain
 from ._eta import ScaleByLearningRate
 from ._knobs import Direction, Knobs, Scale
+from ._state import State, builder, with_builder
 from ._struct import is_schedule_like, static
+from ._tree import TransformError, is_own_error, renamed
 
 __all__ = ["Optimizer", "optimizer", "naming"]
 
@@ -73,38 +75,52 @@ class Optimizer(Chain):
     def __repr__(self) -> str:
         return f"gradtx.{self.name}({', '.join(repr(s) for s in self.stages)})"
 
+    @property
+    def builder(self) -> str:
+        """What this optimizer's state records as its builder: the name and the knob types,
+        e.g. ``"adam(Ema, AdamScale)"``. Hyperparameter values are not part of it, so a
+        checkpoint restores into the same optimizer built with other values."""
+        knobs = self.knobs
+        kinds = [] if knobs is None else [type(k).__name__ for k in (knobs.direction, knobs.scale)]
+        return f"{self.name}({', '.join(k for k in kinds if k != 'NoneType')})"
+
     def init(self, params: Any) -> Any:
         with _naming_use(self.name):
-            return super().init(params)
+            return with_builder(super().init(params), self.builder)
 
     def update(
         self, updates: Any, state: Any, params: Any | None = None, **extra: Any
     ) -> tuple[Any, Any]:
         with _naming_use(self.name):
-            return super().update(updates, state, params, **extra)
+            made_by = builder(state) if isinstance(state, State) else None
+            if made_by is not None and made_by != self.builder:
+                raise TransformError(
+                    f"gradtx.{self.name}: state was built by {made_by}, not by this optimizer "
+                    f"({self.builder})"
+                )
+            updates, new = super().update(updates, state, params, **extra)
+            return updates, with_builder(new, made_by)
 
 
 @contextlib.contextmanager
 def _naming_use(name: str) -> Iterator[None]:
     """Names the optimizer in the errors its stages raise on bad input to init/update.
 
-    ``gradtx.knobs: at ['w'] ...`` becomes ``gradtx.adam (knobs): at ['w'] ...``; errors that
-    are not gradtx's own (no ``gradtx.`` prefix) or already name this optimizer pass unchanged.
+    ``gradtx.knobs: at ['w'] ...`` becomes ``gradtx.adam (knobs): at ['w'] ...``. Only gradtx's
+    own validation errors are renamed (:func:`gradtx._tree.is_own_error`); errors that already
+    name this optimizer, and every foreign exception (JAX's tracer errors, a user's schedule
+    raising), pass through unchanged: the same object.
     """
     try:
         yield
     except (ValueError, TypeError) as e:
-        msg = str(e)
-        head, sep, rest = msg.partition(":")
-        stage = head.removeprefix("gradtx.")
-        if (
-            not sep
-            or not head.startswith("gradtx.")
-            or stage == name
-            or stage.startswith(name + " (")
-        ):
+        if not is_own_error(e):
             raise
-        raise type(e)(f"gradtx.{name} ({stage}):{rest}") from None
+        head, sep, rest = str(e).partition(":")
+        stage = head.removeprefix("gradtx.")
+        if not sep or stage == name or stage.startswith(name + " ("):
+            raise
+        raise renamed(e, f"gradtx.{name} ({stage}):{rest}") from None
 
 
 def optimizer(
@@ -164,9 +180,13 @@ def naming(name: str, **aliases: str) -> Iterator[None]:
     try:
         yield
     except (ValueError, TypeError) as e:
+        if not is_own_error(e):
+            raise  # a foreign exception (e.g. JAX's, for a traced value): unchanged
         inner = str(e).removeprefix("gradtx.")
         stage, _, rest = inner.partition(":")
+        if stage == name or stage.startswith(name + " ("):
+            raise
         for field, arg in aliases.items():
             if rest.startswith(f" {field} "):
                 rest = f" {arg} " + rest[len(field) + 2 :]
-        raise type(e)(f"gradtx.{name} ({stage}):{rest}") from None
+        raise renamed(e, f"gradtx.{name} ({stage}):{rest}") from None

@@ -8,7 +8,7 @@ from typing import Any
 
 import jax
 
-__all__ = ["State"]
+__all__ = ["State", "builder", "with_builder"]
 
 #: Whether State is registered with flax.serialization (see gradtx/_checkpoint.py).
 _flax_registered = False
@@ -23,14 +23,20 @@ class State(Mapping):
 
     Pytree paths use attribute keys (``.knobs.mu['w']``), so errors and checkpoints name entries
     by what they are rather than by their position.
+
+    A state may also record what built it (:func:`builder`; e.g. ``"adam(Ema, AdamScale)"``
+    for the state of :func:`gradtx.adam`). The record is static pytree data, not a leaf: it
+    survives ``jit``, ``tree_map`` and ``eval_shape`` and adds no entry or leaf path; msgpack
+    checkpoints store it and check it on restore (see :mod:`gradtx._checkpoint`).
     """
 
-    __slots__ = ("_names", "_values")
+    __slots__ = ("_names", "_values", "_builder")
 
     def __init__(self, entries: Mapping[str, Any] | None = None, /, **kwargs: Any) -> None:
         items = dict(entries or {}, **kwargs)
         object.__setattr__(self, "_names", tuple(items))
         object.__setattr__(self, "_values", tuple(items.values()))
+        object.__setattr__(self, "_builder", None)
         if not _flax_registered and "flax.serialization" in sys.modules:
             _register_with_flax()
 
@@ -63,10 +69,11 @@ class State(Mapping):
         unknown = set(changes) - set(self._names)
         if unknown:
             raise KeyError(f"State has no entries {sorted(unknown)}")
-        return State({n: changes.get(n, v) for n, v in zip(self._names, self._values)})
+        new = State({n: changes.get(n, v) for n, v in zip(self._names, self._values)})
+        return with_builder(new, self._builder)
 
     def __reduce__(self) -> tuple:
-        return (State, (dict(zip(self._names, self._values)),))
+        return (_rebuild, (dict(zip(self._names, self._values)), self._builder))
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, State):
@@ -80,6 +87,24 @@ class State(Mapping):
     def __repr__(self) -> str:
         inner = ", ".join(f"{n}={_short(v)}" for n, v in zip(self._names, self._values))
         return f"State({inner})"
+
+
+def builder(state: State) -> str | None:
+    """What built ``state`` (a short description of the transformation), or ``None``."""
+    return object.__getattribute__(state, "_builder")
+
+
+def with_builder(state: State, tag: str | None) -> State:
+    """``state`` with the record of what built it set to ``tag`` (the same entries)."""
+    if tag is None and builder(state) is None:
+        return state
+    new = State(dict(zip(state._names, state._values)))
+    object.__setattr__(new, "_builder", tag)
+    return new
+
+
+def _rebuild(entries: dict, tag: str | None) -> State:
+    return with_builder(State(entries), tag)
 
 
 def _register_with_flax() -> None:
@@ -116,9 +141,19 @@ def _short(value: Any) -> str:
     return repr(value)
 
 
+def _aux(s: State) -> tuple:
+    return (s._names, s._builder) if s._builder is not None else s._names
+
+
+def _unflatten(aux: tuple, values: Any) -> State:
+    if len(aux) == 2 and isinstance(aux[0], tuple):  # (names, builder)
+        return _rebuild(dict(zip(aux[0], values)), aux[1])
+    return State(dict(zip(aux, values)))
+
+
 jax.tree_util.register_pytree_with_keys(
     State,
-    lambda s: ([(jax.tree_util.GetAttrKey(n), v) for n, v in zip(s._names, s._values)], s._names),
-    lambda names, values: State(dict(zip(names, values))),
-    lambda s: (list(s._values), s._names),
+    lambda s: ([(jax.tree_util.GetAttrKey(n), v) for n, v in zip(s._names, s._values)], _aux(s)),
+    _unflatten,
+    lambda s: (list(s._values), _aux(s)),
 )

@@ -12,14 +12,14 @@ when it is defined. Its fields come in three kinds, chosen with the helpers belo
 - a plain field holding another :class:`Struct` (a knob inside an optimizer) -- a subtree.
 
 Equal configurations compare and hash equal, so a transformation held as static data (flax's
-``TrainState.tx``) never causes a retrace when it is rebuilt.
+``TrainState.tx``, ``nnx.Optimizer``) does not cause a retrace when it is rebuilt *equal*; a
+different value (a new learning rate) there is a new program, as with optax.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 import re
 from typing import Any, ClassVar
 
@@ -29,23 +29,45 @@ except ImportError:  # pragma: no cover - Python 3.10
     from typing_extensions import dataclass_transform
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 __all__ = ["Struct", "hyper", "static", "hyper_fields", "resolve", "is_schedule_like"]
 
-# Checks a hyperparameter given as a Python number must pass: (predicate, description).
-_CHECKS = {
-    "positive": (lambda v: v > 0, "must be > 0"),
-    "nonnegative": (lambda v: v >= 0, "must be >= 0"),
-    "step_size": (lambda v: 0 <= v < math.inf, "must be finite and >= 0"),
-    "unit": (lambda v: 0 <= v < 1, "must be in [0, 1)"),
-    "unit_closed": (lambda v: 0 <= v <= 1, "must be in [0, 1]"),
-    "any": (lambda v: True, ""),
+# Checks a hyperparameter given as a concrete number must pass: name -> (predicate on a float64
+# NumPy array, description, whether +inf is allowed, whether the value is checked as float32).
+_CHECKS: dict[str, tuple[Any, str, bool, bool]] = {
+    "positive": (lambda v: v > 0, "must be > 0", False, False),
+    "nonnegative": (lambda v: v >= 0, "must be >= 0", False, False),
+    "positive_or_inf": (lambda v: v > 0, "must be > 0 (inf allowed)", True, False),
+    "nonnegative_or_inf": (lambda v: v >= 0, "must be >= 0 (inf allowed)", True, False),
+    "step_size": (lambda v: v >= 0, "must be finite and >= 0", False, False),
+    # a decay rate of an EMA: checked after rounding to float32 (1 - 1e-9 is 1.0 there)
+    "unit": (lambda v: (v >= 0) & (v < 1), "must be in [0, 1)", False, True),
+    "unit_closed": (lambda v: (v >= 0) & (v <= 1), "must be in [0, 1]", False, True),
+    "any": (lambda v: np.ones_like(v, dtype=bool), "", False, False),
 }
 
 
 def hyper(default: Any = dataclasses.MISSING, check: str = "any") -> Any:
-    """A numeric hyperparameter field: a pytree leaf (or a schedule) validated on construction."""
+    """A numeric hyperparameter field: a pytree leaf (or a schedule) validated on construction.
+
+    The rule, applied by :meth:`Struct._check_hyper` to the value given:
+
+    - a concrete number (Python ``int``/``float``, NumPy or concrete JAX scalar or array of a
+      real integer or floating dtype) must be finite (unless ``check`` ends in ``_or_inf``,
+      which allows ``+inf``), not NaN, and pass ``check``; ``"unit"``/``"unit_closed"`` (decay
+      rates) are checked after rounding to float32, the dtype the update runs in. Scalars are
+      stored as Python floats.
+    - ``bool``, complex numbers, strings and other objects are rejected (``TypeError``).
+    - ``None`` is rejected unless the field's default is ``None`` or its annotation admits
+      ``None`` (there ``None`` means "off").
+    - a schedule (any callable) is evaluated abstractly at an int32 step
+      (``jax.eval_shape``): its output must be a real integer or floating value, a scalar unless
+      the schedule itself holds arrays. A schedule that cannot be traced (Python control flow on
+      the step) is not checked.
+    - a tracer (a hyperparameter under ``jit``/``vmap``/``grad``) is never checked.
+    """
     if check not in _CHECKS:
         raise ValueError(f"unknown check {check!r}")
     return dataclasses.field(default=default, metadata={"kind": "hyper", "check": check})
@@ -62,7 +84,15 @@ def fields(obj: Any) -> tuple[dataclasses.Field, ...]:
 
 
 def _snake(name: str) -> str:
-    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+    """``CamelCase`` to ``snake_case``, an acronym counting as one word.
+
+    A ``_`` goes before an upper-case letter that follows a lower-case letter or digit, and
+    before the last capital of a run of capitals followed by a lower-case letter:
+    ``AdamScale`` -> ``adam_scale``, ``RMSPropScale`` -> ``rms_prop_scale``,
+    ``LARSTrust`` -> ``lars_trust``, ``SGD`` -> ``sgd``.
+    """
+    name = re.sub(r"([A-Z]+)([A-Z][a-z])", r"\1_\2", name)
+    return re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", name).lower()
 
 
 def is_schedule_like(value: Any) -> bool:
@@ -70,24 +100,34 @@ def is_schedule_like(value: Any) -> bool:
     return callable(value) and not isinstance(value, type)
 
 
-def _is_concrete_number(value: Any) -> bool:
-    if isinstance(value, bool):
-        return False
-    if isinstance(value, (int, float)):
-        return True
-    if isinstance(value, (np.ndarray, np.generic)) and np.ndim(value) == 0:
-        return True
-    return False
+def _concrete_bool(x: Any) -> Any:
+    """A concrete scalar boolean (Python, NumPy or JAX) as a Python ``bool``; else ``x``."""
+    if isinstance(x, (np.bool_, np.ndarray)) or (
+        isinstance(x, jax.Array) and not isinstance(x, jax.core.Tracer)
+    ):
+        if np.ndim(x) == 0 and np.asarray(x).dtype == np.bool_:
+            return bool(x)
+    return x
 
 
 def _freeze(value: Any) -> Any:
-    """Turns unhashable static data (a pytree of bools, a list) into a hashable equivalent."""
+    """Turns unhashable static data (a pytree of bools, a list) into a hashable equivalent.
+
+    Concrete scalar booleans of NumPy or JAX (``jnp.bool_(True)``, ``x > 0`` of a 0-d array)
+    become Python bools first, so a mask made of them hashes and compares by value.
+    """
+    value = _concrete_bool(value)
     try:
         hash(value)
         return value
     except TypeError:
         leaves, treedef = jax.tree_util.tree_flatten(value)
-        return FrozenTree(treedef, tuple(leaves))
+        return FrozenTree(treedef, tuple(_concrete_bool(x) for x in leaves))
+
+
+def _admits_none(f: dataclasses.Field) -> bool:
+    """Whether ``None`` is a meaningful value of a hyper field ("off")."""
+    return f.default is None or "None" in str(f.type) or "Optional" in str(f.type)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,20 +168,43 @@ class Struct:
             object.__setattr__(self, f.name, value)
 
     def _check_hyper(self, f: dataclasses.Field, value: Any) -> Any:
-        if value is None or is_schedule_like(value):
+        """Validates one hyper field's value; the rule is in :func:`hyper`'s docstring."""
+        where = f"gradtx.{self.name}: {f.name}"
+        if isinstance(value, jax.core.Tracer):
+            return value  # jit/vmap/grad over hyperparameters: never truth-tested
+        if value is None:
+            if _admits_none(f):
+                return None
+            raise TypeError(f"{where} must be a number or a schedule, got None")
+        if is_schedule_like(value):
+            _check_schedule(where, value)
             return value
-        if _is_concrete_number(value):
-            value = float(value)
-            ok, what = _CHECKS[f.metadata["check"]]
-            if math.isnan(value) or not ok(value):
-                raise ValueError(
-                    f"gradtx.{self.name}: {f.name} {what or 'must not be NaN'}, got {value!r}"
-                )
-            return value
-        if isinstance(value, jax.Array) and not isinstance(value, jax.core.Tracer):
-            if value.ndim == 0:  # a concrete jax scalar: keep the value, not the array
-                return self._check_hyper(f, float(value))
-        return value  # a tracer (jit/vmap/grad over hyperparameters): checked by nobody
+        if isinstance(value, (bool, np.bool_)):
+            raise TypeError(f"{where} must be a real number, got the bool {value!r}")
+        if isinstance(value, (int, float)):
+            arr = np.asarray(float(value))
+        elif isinstance(value, (np.ndarray, np.generic, jax.Array)):
+            dtype = np.asarray(value).dtype if not isinstance(value, jax.Array) else value.dtype
+            if not (jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer)):
+                raise TypeError(f"{where} must be a real number, got an array of dtype {dtype}")
+            arr = np.asarray(value, np.float64)
+        else:
+            raise TypeError(
+                f"{where} must be a real number or a schedule, got {type(value).__name__} {value!r}"
+            )
+        ok, what, allow_inf, as_f32 = _CHECKS[f.metadata["check"]]
+        shown = float(arr) if arr.ndim == 0 else arr
+        if np.any(np.isnan(arr)) or (not allow_inf and np.any(np.isinf(arr))):
+            raise ValueError(f"{where} must be a finite number, got {shown!r}")
+        checked = arr.astype(np.float32).astype(np.float64) if as_f32 else arr
+        if not np.all(ok(checked)):
+            note = ""
+            if as_f32 and np.all(ok(arr)):
+                note = " after rounding to float32"
+            raise ValueError(f"{where} {what}{note}, got {shown!r}")
+        if arr.ndim == 0:
+            return float(arr)  # a concrete scalar: keep the value, not the array
+        return value
 
     def __repr__(self) -> str:
         parts = []
@@ -158,6 +221,30 @@ class Struct:
     def replace(self, **changes: Any) -> Any:
         """A copy with some fields changed (validated like a new construction)."""
         return dataclasses.replace(self, **changes)  # type: ignore[type-var]
+
+
+def _check_schedule(where: str, schedule: Any) -> None:
+    """Evaluates ``schedule`` abstractly at an int32 step; its output must be a real number."""
+    try:
+        out = jax.eval_shape(schedule, jax.ShapeDtypeStruct((), jnp.int32))
+    except (
+        jax.errors.ConcretizationTypeError,  # Python control flow on the step
+        jax.errors.TracerArrayConversionError,  # NumPy on the step
+    ):
+        return  # a schedule usable only outside jit: not checked here
+    except Exception as e:
+        raise TypeError(f"{where} is a schedule that fails at an int32 step: {e}") from e
+    dtype = getattr(out, "dtype", None)
+    if dtype is None or not (
+        jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer)
+    ):
+        raise TypeError(
+            f"{where} is a schedule whose output is {out!r}, not a real number "
+            "(a scalar of a floating or integer dtype)"
+        )
+    own_leaves = jax.tree_util.tree_leaves(schedule) if isinstance(schedule, Struct) else []
+    if out.shape != () and all(np.ndim(x) == 0 for x in own_leaves):
+        raise TypeError(f"{where} is a schedule whose output has shape {out.shape}, not a scalar")
 
 
 def _same(a: Any, b: Any) -> bool:

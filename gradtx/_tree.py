@@ -14,11 +14,35 @@ __all__ = [
     "check_structure",
     "check_float_leaves",
     "TransformError",
+    "is_own_error",
+    "renamed",
 ]
 
 
 class TransformError(ValueError):
     """Raised for bad input to a transformation; the message names it and the leaf path."""
+
+
+#: The exception types gradtx raises for bad input. Only these, with a message starting
+#: ``gradtx.``, are gradtx's own validation errors (see :func:`is_own_error`).
+_OWN_TYPES = (TypeError, ValueError, TransformError)
+
+
+def is_own_error(e: BaseException) -> bool:
+    """Whether ``e`` is one of gradtx's own validation errors.
+
+    The rule: its type is exactly ``TypeError``, ``ValueError`` or :class:`TransformError`
+    (not a subclass such as JAX's ``TracerBoolConversionError``) and its message starts with
+    ``gradtx.``. Only such errors are re-raised with more context (the optimizer's name, a
+    leaf path); every other exception passes through unchanged: same type, same object.
+    """
+    return type(e) in _OWN_TYPES and str(e).startswith("gradtx.")
+
+
+def renamed(e: BaseException, message: str) -> BaseException:
+    """A copy of gradtx's own error ``e`` (see :func:`is_own_error`) with a new message."""
+    assert is_own_error(e), e
+    return type(e)(message)
 
 
 def is_none(x: Any) -> bool:
@@ -73,7 +97,11 @@ def check_structure(owner: str, ref_label: str, ref: Any, other_label: str, othe
 
 
 def check_float_leaves(owner: str, label: str, tree: Any) -> None:
-    """Raises :class:`TypeError` naming the first leaf of ``tree`` that is not floating point."""
+    """Raises :class:`TypeError` naming the first leaf of ``tree`` that is not floating point.
+
+    Real and complex floating-point leaves (complex64, complex128) are accepted, as in optax;
+    integer and boolean leaves are not.
+    """
     for path, leaf in flatten(tree)[0]:
         if leaf is None:
             continue
@@ -83,9 +111,9 @@ def check_float_leaves(owner: str, label: str, tree: Any) -> None:
                 f"gradtx.{owner}: {label} leaf at {path_str(path)} is {type(leaf).__name__}, "
                 "not an array"
             )
-        if not jnp.issubdtype(dtype, jnp.inexact) or jnp.issubdtype(dtype, jnp.complexfloating):
+        if not jnp.issubdtype(dtype, jnp.inexact):
             raise TypeError(
                 f"gradtx.{owner}: {label} leaf at {path_str(path)} has dtype {dtype}; "
-                "optimizers need real floating-point leaves (leave integer or boolean leaves "
-                "out of the optimized tree, or set them to None)"
+                "optimizers need floating-point (real or complex) leaves (leave integer or "
+                "boolean leaves out of the optimized tree, or set them to None)"
             )

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 import gradtx
+from gradtx._checkpoint import BUILDER_KEY
 
 serialization = pytest.importorskip("flax.serialization")
 ocp = pytest.importorskip("orbax.checkpoint")
@@ -119,7 +120,9 @@ def test_msgpack_state_dict_is_named(reference):
     sd = serialization.to_state_dict(s_mid)
     assert isinstance(sd, dict)
     assert set(sd) == {"clip_by_global_norm", "adamw"}
-    assert set(sd["adamw"]) == {"knobs", "add_decayed_weights", "learning_rate"}
+    # the entries, plus the record of what built the optimizer's state (checked on restore)
+    assert set(sd["adamw"]) == {"knobs", "add_decayed_weights", "learning_rate", BUILDER_KEY}
+    assert sd["adamw"][BUILDER_KEY] == "adamw(Ema, AdamScale)"
     assert set(sd["adamw"]["knobs"]["mu"]) == {"dense", "scale"}
 
 
