@@ -65,8 +65,12 @@ FACTORIES: dict[str, list[tuple[str, Callable[[], Any]]] | None] = {
         ("adafactor", lambda: gradtx.adafactor()),
         (
             "adafactor_factored_momentum",
-            lambda: gradtx.adafactor(
-                SCHEDULE, min_dim_size_to_factor=2, momentum=0.9, weight_decay_rate=1e-3
+            lambda: gradtx.adafactor(  # momentum in the param dtype: optax's default float32
+                SCHEDULE,  # would be narrower than float64 params (an advisory policy miss)
+                min_dim_size_to_factor=2,
+                momentum=0.9,
+                dtype_momentum=None,
+                weight_decay_rate=1e-3,
             ),
         ),
     ],
@@ -101,6 +105,27 @@ FACTORIES: dict[str, list[tuple[str, Callable[[], Any]]] | None] = {
             ),
         )
     ],
+    # optax's names (gradtx/_optax_names.py, gradtx/_eta.py), each with its defaults
+    "scale_by_adam": [("scale_by_adam", lambda: gradtx.scale_by_adam())],
+    "scale_by_adamax": [("scale_by_adamax", lambda: gradtx.scale_by_adamax())],
+    "scale_by_amsgrad": [("scale_by_amsgrad", lambda: gradtx.scale_by_amsgrad())],
+    "scale_by_belief": [("scale_by_belief", lambda: gradtx.scale_by_belief())],
+    "scale_by_yogi": [("scale_by_yogi", lambda: gradtx.scale_by_yogi())],
+    "scale_by_radam": [("scale_by_radam", lambda: gradtx.scale_by_radam())],
+    "scale_by_rms": [("scale_by_rms", lambda: gradtx.scale_by_rms())],
+    "scale_by_stddev": [("scale_by_stddev", lambda: gradtx.scale_by_stddev())],
+    "scale_by_rss": [("scale_by_rss", lambda: gradtx.scale_by_rss())],
+    "scale_by_adadelta": [("scale_by_adadelta", lambda: gradtx.scale_by_adadelta())],
+    "scale_by_lion": [("scale_by_lion", lambda: gradtx.scale_by_lion())],
+    "scale_by_sign": [("scale_by_sign", lambda: gradtx.scale_by_sign())],
+    "scale_by_factored_rms": [
+        ("scale_by_factored_rms", lambda: gradtx.scale_by_factored_rms(min_dim_size_to_factor=2))
+    ],
+    "scale_by_schedule": [("scale_by_schedule", lambda: gradtx.scale_by_schedule(SCHEDULE))],
+    "trace": [("trace", lambda: gradtx.trace(0.9))],
+    "ema": [("ema", lambda: gradtx.ema(0.9))],
+    "identity": [("identity", lambda: gradtx.identity())],
+    "set_to_zero": [("set_to_zero", lambda: gradtx.set_to_zero())],
     # public classes
     "Chain": [("Chain", lambda: gradtx.Chain((gradtx.scale(0.5), gradtx.sgd(0.1))))],
     "Knobs": [("Knobs", lambda: gradtx.Knobs(gradtx.Momentum(0.9), gradtx.AdagradScale()))],

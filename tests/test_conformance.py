@@ -1,4 +1,4 @@
-"""Every public transformation and named optimizer passes the conformance kit.
+"""Every public transformation and named optimizer passes the conformance kit, both tiers.
 
 The transformations are discovered from the public API (``kit_cases.discover``): every public
 function annotated to return a :class:`gradtx.GradientTransformation` and every public subclass
@@ -44,6 +44,9 @@ def test_no_duplicate_case_ids():
 def test_conformance(make):
     tx = make()
     assert isinstance(tx, GradientTransformation)
-    report = check_transformation(tx)
+    report = check_transformation(tx)  # advisory misses recorded, so all of them show at once
     assert set(CHECKS) <= set(report.passed), str(report)
-    assert report.skipped == {}, str(report)
+    hyper_parts = {"jit.hyperparameters", "vmap.hyperparameters"}  # none to vary (identity)
+    for part, why in report.skipped.items():
+        assert part in hyper_parts and "has no numeric" in why, str(report)
+    assert report.misses == {}, str(report)  # gradtx holds itself to the advisory tier too

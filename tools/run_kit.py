@@ -8,9 +8,12 @@ Usage (from the repository root)::
 
 The cases are those of ``tests/kit_cases.py`` (the table ``tests/test_conformance.py`` checks
 for completeness). Unlike the test, a failure does not stop the run: every case is run and its
-failure recorded. The summary holds the versions of Python, JAX, jaxlib, NumPy and gradtx, the
-backend and its devices, and per case the checks passed and skipped (with reasons), the failure
-if any, and the wall time. The exit status is 1 if any case failed.
+failure recorded. Both tiers count: a case with an advisory miss has status ``"advisory"`` and
+counts as failed (gradtx holds itself to both), unless ``--required-only`` is given. The summary
+holds the versions of Python, JAX, jaxlib, NumPy and gradtx, the backend and its devices, and per
+case the checks passed and skipped (with reasons), the advisory misses (with reasons), the
+required failure if any (check, tier, reason), and the wall time. The exit status is 1 if any
+case failed.
 
 On a CPU the kit gets ``--cpu-devices`` (default 8) devices for the sharding check; on a single
 accelerator the sharding check is skipped with its reason recorded. The strict settings of the
@@ -40,6 +43,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--checks", nargs="*", help="checks to run (default: all)")
     p.add_argument("--cpu-devices", type=int, default=8, help="CPU devices (default 8)")
     p.add_argument("--standard-promotion", action="store_true", help="not the strict settings")
+    p.add_argument(
+        "--required-only", action="store_true", help="advisory misses do not fail a case"
+    )
     return p.parse_args(argv)
 
 
@@ -99,6 +105,7 @@ def run(argv: list[str] | None = None) -> int:
         "settings": {
             "checks": checks,
             "strict_promotion": not args.standard_promotion,
+            "required_only": args.required_only,
             "cpu_devices": args.cpu_devices,
             "env": {k: v for k, v in os.environ.items() if k.startswith(("JAX_", "XLA_"))},
         },
@@ -112,10 +119,17 @@ def run(argv: list[str] | None = None) -> int:
         entry: dict[str, Any] = {}
         try:
             report = check_transformation(make(), checks=checks)
-            entry.update(status="passed", passed=report.passed, skipped=report.skipped)
+            missed = bool(report.misses) and not args.required_only
+            failed += int(missed)
+            entry.update(
+                status="advisory" if missed else "passed",
+                passed=report.passed,
+                skipped=report.skipped,
+                misses=report.misses,
+            )
         except CheckFailure as e:
             failed += 1
-            entry.update(status="failed", check=e.check, reason=e.reason)
+            entry.update(status="failed", check=e.check, tier=e.tier, reason=e.reason)
         except Exception as e:  # noqa: BLE001  (a bug in the kit or the factory: record it)
             failed += 1
             entry.update(status="error", error=f"{type(e).__name__}: {e}")
@@ -123,8 +137,10 @@ def run(argv: list[str] | None = None) -> int:
         entry["seconds"] = round(time.perf_counter() - t0, 3)
         summary["cases"][case_id] = entry
         note = entry.get("reason") or entry.get("error") or ""
+        if entry.get("misses"):
+            note = "; ".join(f"{k}: {v[:120]}" for k, v in entry["misses"].items())
         skipped = f" skipped={sorted(entry.get('skipped', {}))}" if entry.get("skipped") else ""
-        print(f"  {case_id:30s} {entry['status']:7s} {entry['seconds']:7.2f}s{skipped} {note}")
+        print(f"  {case_id:30s} {entry['status']:8s} {entry['seconds']:7.2f}s{skipped} {note}")
         if args.out:  # written after every case, so a run cut short still leaves its results
             _write(args.out, summary)
     summary["total_seconds"] = round(time.perf_counter() - t_all, 3)

@@ -1,4 +1,4 @@
-"""Checks of types: updates and state in the documented dtypes, and init on abstract params."""
+"""Checks of types: update and state dtypes, strict promotion, and init on abstract params."""
 
 from __future__ import annotations
 
@@ -19,12 +19,14 @@ from ._common import (
     guard,
     make_grads,
     new_report,
+    standard_promotion,
     stepper,
+    strict_promotion,
     typeof,
 )
 from ._report import CheckReport
 
-__all__ = ["check_dtypes", "check_abstract_init", "DEFAULT_DTYPES"]
+__all__ = ["check_dtypes", "check_strict_promotion", "check_abstract_init", "DEFAULT_DTYPES"]
 
 #: The parameter dtypes :func:`check_dtypes` tries by default.
 DEFAULT_DTYPES = ("float16", "bfloat16", "float32", "float64")
@@ -35,25 +37,28 @@ def _x64(dtype: np.dtype) -> Any:
     return enable_x64() if dtype.itemsize == 8 else contextlib.nullcontext()
 
 
-def _state_dtype_error(state: Any, dtype: np.dtype, label: str) -> str | None:
+def _policy_error(state: Any, dtype: np.dtype) -> str | None:
+    """What in ``state`` (for ``dtype`` params) breaks gradtx's state dtype policy, or None."""
     for path, x in flatten(state)[0]:
         if x is None:
             continue
         aval = typeof(x)
-        where = f"{label} leaf {path_str(path)}"
+        where = f"with {dtype.name} params, the state leaf {path_str(path)}"
         if getattr(aval, "weak_type", False):
-            return f"{where} is weakly typed ({aval}); state leaves must have a fixed dtype"
+            return f"{where} is weakly typed ({aval}); state leaves should have a fixed dtype"
         if jnp.issubdtype(aval.dtype, jnp.floating):
-            if aval.dtype != dtype:
+            if aval.dtype != dtype and aval.dtype.itemsize <= dtype.itemsize:
                 return (
-                    f"{where} has dtype {aval.dtype.name} with {dtype.name} params; the "
-                    f"contract is that state slots keep the param dtype ({dtype.name})"
+                    f"{where} has dtype {aval.dtype.name}; a state slot should keep the param "
+                    f"dtype ({dtype.name}) or be wider"
                 )
         elif jnp.issubdtype(aval.dtype, jnp.integer):
             if aval.dtype != jnp.int32:
-                return f"{where} has dtype {aval.dtype.name}; step counters are int32"
+                return f"{where} has dtype {aval.dtype.name}; step counters should be int32"
         else:
-            return f"{where} has dtype {aval.dtype.name}; expected a float slot or int32 count"
+            return (
+                f"{where} has dtype {aval.dtype.name}; expected a floating slot or an int32 count"
+            )
     return None
 
 
@@ -65,6 +70,25 @@ def _nonfinite(tree: Any) -> str | None:
     return None
 
 
+def _update_dtype_error(updates: Any, params: Any, i: int) -> str | None:
+    for (path, u), (_, pl) in zip(flatten(updates)[0], flatten(params)[0]):
+        if (u is None) != (pl is None):
+            return (
+                f"at {path_str(path)}, the update is {type(u).__name__} for a "
+                f"{type(pl).__name__} param ({'None' if pl is None else 'an array'})"
+            )
+        if u is None:
+            continue
+        aval = typeof(u)
+        if aval.dtype != pl.dtype or getattr(aval, "weak_type", False):
+            return (
+                f"update {i} at {path_str(path)} is {aval} for a {pl.dtype.name} "
+                "param; updates must come back in the param dtype"
+            )
+    return None
+
+
+@standard_promotion
 def check_dtypes(
     tx: Any,
     params: Any,
@@ -74,17 +98,26 @@ def check_dtypes(
     finite: bool = True,
     extra_args: Mapping[str, Any] | None = None,
     name: str | None = None,
+    strict: bool = False,
     report: CheckReport | None = None,
 ) -> CheckReport:
-    """Updates come back in the param dtype and the state in its documented dtype.
+    """Updates come back in the param dtype and the state keeps its dtypes.
 
     For each dtype (float64 with 64-bit types enabled only for that run), the floating leaves of
-    ``params`` are cast to it and ``steps`` updates are made. Every update leaf must have the
-    param dtype (and not be weakly typed); every floating state leaf must have the param dtype
-    and every integer one (a step counter) must be int32, none weakly typed. With ``finite``,
-    finite gradients must give finite updates and state.
+    ``params`` are cast to it and ``steps`` updates are made.
+
+    - ``dtypes.<dtype>`` (required): every update leaf has the param dtype and is not weakly
+      typed; the state after each update has the structure, shapes, dtypes and weak types of
+      the state from ``init``.
+    - ``dtypes.policy`` (advisory): every floating state leaf has the param dtype or a wider
+      one (more bytes: float32 moments for bfloat16 params are fine, float16 ones for float32
+      params are not), every integer one (a step counter) is int32, none is weakly typed.
+    - ``dtypes.finite`` (advisory, with ``finite``): finite gradients give finite updates and
+      state.
+
+    An advisory miss names the dtype; it is recorded once, for the first dtype that misses.
     """
-    report = new_report(tx, report, name)
+    report = new_report(tx, report, name, strict)
     step = stepper(tx, dict(extra_args or {}))
     done = []
     for dt in dtypes:
@@ -94,61 +127,99 @@ def check_dtypes(
             p = cast_params(params, dt)
             g = make_grads(p)
             with guard(report, check, f"init with {dt.name} params"):
-                state = tx.init(p)
-            why = _state_dtype_error(state, dt, "the state from init:")
-            if why:
-                raise report.fail(check, why)
+                state0 = state = tx.init(p)
+            trees = [("the state from init", state0)]
             for i in range(1, steps + 1):
                 with guard(report, check, f"update {i} with {dt.name} params"):
                     updates, state = step(tx, g, state, p)
-                for (path, u), (_, pl) in zip(flatten(updates)[0], flatten(p)[0]):
-                    if (u is None) != (pl is None):
-                        raise report.fail(
-                            check,
-                            f"at {path_str(path)}, the update is {type(u).__name__} for a "
-                            f"{type(pl).__name__} param ({'None' if pl is None else 'an array'})",
-                        )
-                    if u is None:
-                        continue
-                    aval = typeof(u)
-                    if aval.dtype != pl.dtype or getattr(aval, "weak_type", False):
-                        raise report.fail(
-                            check,
-                            f"update {i} at {path_str(path)} is {aval} for a {pl.dtype.name} "
-                            "param; updates must come back in the param dtype",
-                        )
-                why = _state_dtype_error(state, dt, f"the state after update {i}:")
+                why = _update_dtype_error(updates, p, i)
                 if why:
                     raise report.fail(check, why)
-                if finite:
-                    for label, tree in (("update", updates), ("state", state)):
+                why = describe_difference(
+                    state0, state, "the state from init", f"the state after update {i}"
+                )
+                if why:
+                    raise report.fail(check, f"with {dt.name} params, {why}")
+                trees += [(f"update {i}", updates), (f"the state after update {i}", state)]
+            if "dtypes.policy" not in report.misses:
+                with report.advisory():
+                    why = _policy_error(state0, dt)
+                    if why:
+                        raise report.fail("dtypes.policy", why)
+            if finite and "dtypes.finite" not in report.misses:
+                with report.advisory():
+                    for label, tree in trees:
                         bad = _nonfinite(tree)
                         if bad:
                             raise report.fail(
-                                check,
-                                f"finite {dt.name} gradients gave a non-finite {label} at "
-                                f"{bad} after update {i}",
+                                "dtypes.finite",
+                                f"finite {dt.name} gradients gave a non-finite value in "
+                                f"{label} at {bad}",
                             )
-        report.ok(check, f"{steps} updates: updates {dt.name}, state slots {dt.name}, count int32")
+        report.ok(check, f"{steps} updates: updates in {dt.name}, state dtypes kept")
         done.append(dt.name)
+    if "dtypes.policy" not in report.misses:
+        report.ok("dtypes.policy", "state slots in the param dtype or wider, count int32")
+    if not finite:
+        report.skip("dtypes.finite", "finite=False")
+    elif "dtypes.finite" not in report.misses:
+        report.ok("dtypes.finite", "finite gradients gave finite updates and state")
     report.ok("dtypes", ", ".join(done))
     return report
 
 
+@standard_promotion
+def check_strict_promotion(
+    tx: Any,
+    params: Any,
+    *,
+    dtypes: Sequence[Any] = DEFAULT_DTYPES,
+    extra_args: Mapping[str, Any] | None = None,
+    name: str | None = None,
+    strict: bool = False,
+    report: CheckReport | None = None,
+) -> CheckReport:
+    """``init`` and ``update`` trace under strict promotion (advisory).
+
+    ``strict_promotion``: for params in each of ``dtypes``, ``jax.eval_shape`` of ``init`` and
+    of an ``update`` must not raise with ``jax_numpy_dtype_promotion="strict"`` and
+    ``jax_numpy_rank_promotion="raise"`` (set for the check only). A miss means the
+    transformation mixes dtypes (e.g. a float32 constant with bfloat16 gradients) or ranks
+    implicitly; gradtx's own test suite runs with these settings.
+    """
+    report = new_report(tx, report, name, strict)
+    step = stepper(tx, dict(extra_args or {}))
+    with report.advisory():
+        for dt in dtypes:
+            dt = jnp.dtype(dt)
+            with _x64(dt), strict_promotion():
+                p = abstract_params(cast_params(params, dt))
+                what = f"tracing init and update with {dt.name} params under strict promotion"
+                with guard(report, "strict_promotion", what):
+                    s = jax.eval_shape(tx.init, p)
+                    jax.eval_shape(lambda g, s, p: step(tx, g, s, p), p, s, p)
+        names = ", ".join(jnp.dtype(d).name for d in dtypes)
+        report.ok("strict_promotion", f"init and update trace with {names} params")
+    return report
+
+
+@standard_promotion
 def check_abstract_init(
     tx: Any,
     params: Any,
     *,
     extra_args: Mapping[str, Any] | None = None,
     name: str | None = None,
+    strict: bool = False,
     report: CheckReport | None = None,
 ) -> CheckReport:
-    """``init`` (and ``update``) work on ``jax.ShapeDtypeStruct`` leaves under ``jax.eval_shape``.
+    """``init`` (and ``update``) work on ``jax.ShapeDtypeStruct`` leaves under ``jax.eval_shape``
+    (required).
 
     The abstract state must have the structure, shapes and dtypes of the concrete one, and an
     abstract update must return it unchanged.
     """
-    report = new_report(tx, report, name)
+    report = new_report(tx, report, name, strict)
     step = stepper(tx, dict(extra_args or {}))
     aparams = abstract_params(params)
     with guard(report, "abstract_init", "jax.eval_shape(tx.init, <ShapeDtypeStruct params>)"):

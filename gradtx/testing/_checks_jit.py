@@ -16,35 +16,19 @@ from ._common import (
     make_grads,
     new_report,
     stack_trees,
+    standard_promotion,
     stepper,
     traceable_tx,
     vary_hyperparams,
 )
-from ._report import CheckReport
+from ._report import CheckFailure, CheckReport
 
 __all__ = ["check_jit", "check_stability"]
 
 
-def check_jit(
-    tx: Any,
-    params: Any,
-    *,
-    extra_args: Mapping[str, Any] | None = None,
-    name: str | None = None,
-    report: CheckReport | None = None,
-) -> CheckReport:
-    """``init`` and ``update`` run under ``jax.jit`` and are traced once.
-
-    Runs ``jax.jit(init)`` twice and three jitted update steps, counting traces: the second and
-    third steps (which get the state the previous step returned) must not retrace, nor must a
-    step with every numeric hyperparameter of ``tx`` halved (``tx`` is a jit argument, its
-    numbers are traced leaves). The jitted results must match an eager run.
-    """
-    report = new_report(tx, report, name)
-    extra = dict(extra_args or {})
-    grads = make_grads(params)
-    traces = {"init": 0, "update": 0}
-    step = stepper(tx, extra)
+def _jitted(tx: Any, as_arg: bool, step: Any, traces: dict[str, int]) -> tuple[Any, Any]:
+    """``(jinit(tx, params), jstep(tx, grads, state, params))`` counting traces in ``traces``;
+    with ``as_arg`` the transformation is a jit argument, else a closed-over constant."""
 
     def init_fn(tx: Any, params: Any) -> Any:
         traces["init"] += 1
@@ -54,16 +38,53 @@ def check_jit(
         traces["update"] += 1
         return step(tx, grads, state, params)
 
-    as_arg = traceable_tx(tx)
-    jinit: Any
-    jstep: Any
     if as_arg:
-        jinit, jstep = jax.jit(init_fn), jax.jit(step_fn)
-    else:  # a transformation that is not a pytree of numbers is a compile-time constant
-        jinit_c = jax.jit(lambda p: init_fn(tx, p))
-        jstep_c = jax.jit(lambda g, s, p: step_fn(tx, g, s, p))
-        jinit = lambda _, p: jinit_c(p)  # noqa: E731
-        jstep = lambda _, g, s, p: jstep_c(g, s, p)  # noqa: E731
+        return jax.jit(init_fn), jax.jit(step_fn)
+    jinit_c = jax.jit(lambda p: init_fn(tx, p))
+    jstep_c = jax.jit(lambda g, s, p: step_fn(tx, g, s, p))
+    return (lambda _, p: jinit_c(p)), (lambda _, g, s, p: jstep_c(g, s, p))
+
+
+@standard_promotion
+def check_jit(
+    tx: Any,
+    params: Any,
+    *,
+    extra_args: Mapping[str, Any] | None = None,
+    name: str | None = None,
+    strict: bool = False,
+    report: CheckReport | None = None,
+) -> CheckReport:
+    """``init`` and ``update`` run under ``jax.jit`` and are traced once.
+
+    ``jit`` (required): runs ``jax.jit(init)`` twice and three jitted update steps, counting
+    traces: the second and third steps (which get the state the previous step returned) must
+    not retrace, and the jitted results must match an eager run (rtol 1e-4).
+
+    ``jit.hyperparameters`` (advisory): a transformation that is a pytree of numbers is passed
+    to ``jax.jit`` as an argument, and a step with every numeric hyperparameter halved must not
+    retrace. If tracing with the transformation as an argument raises, that is this part's miss
+    and ``jit`` is run with the transformation closed over as a constant (as flax keeps it:
+    static data). A transformation that is not a pytree of numbers is always closed over, and
+    this part is skipped with that reason.
+    """
+    report = new_report(tx, report, name, strict)
+    extra = dict(extra_args or {})
+    grads = make_grads(params)
+    step = stepper(tx, extra)
+    traces = {"init": 0, "update": 0}
+    as_arg = traceable_tx(tx)
+    jinit, jstep = _jitted(tx, as_arg, step, traces)
+    if as_arg:  # try the transformation as a jit argument; fall back to a constant
+        try:
+            what = "init and update under jax.jit with the transformation as a jit argument"
+            with guard(report, "jit.hyperparameters", what):
+                jstep(tx, grads, jinit(tx, params), params)
+        except CheckFailure as e:
+            report.note(e)
+            as_arg = False
+            traces.update(init=0, update=0)
+            jinit, jstep = _jitted(tx, as_arg, step, traces)
 
     with guard(report, "jit", "init under jax.jit"):
         state0 = jinit(tx, params)
@@ -103,7 +124,9 @@ def check_jit(
         "results match eager execution",
     )
 
-    if not as_arg:
+    if "jit.hyperparameters" in report.misses:
+        pass  # tracing with the transformation as an argument failed: recorded above
+    elif not as_arg:
         report.skip(
             "jit.hyperparameters",
             "the transformation is not a pytree of numeric leaves; it was closed over as a "
@@ -112,42 +135,46 @@ def check_jit(
     elif not has_hyperparams(tx):
         report.skip("jit.hyperparameters", "the transformation has no numeric hyperparameters")
     else:
-        tx2 = vary_hyperparams(tx)
-        with guard(report, "jit.hyperparameters", "a jitted step with halved hyperparameters"):
-            jstep(tx2, grads, state, params)
-        if traces["update"] != 1:
-            why = describe_difference(tx, tx2, "the transformation", "the one with new values")
-            raise report.fail(
-                "jit.hyperparameters",
-                "changing a hyperparameter value retraced update"
-                + (
-                    f": {why}"
-                    if why
-                    else " (its leaves kept their types; a hyperparameter is "
-                    "probably static data or is read as a Python number while tracing)"
-                ),
-            )
-        report.ok("jit.hyperparameters", "halving every numeric hyperparameter did not retrace")
+        with report.advisory():
+            tx2 = vary_hyperparams(tx)
+            with guard(report, "jit.hyperparameters", "a jitted step with halved hyperparameters"):
+                jstep(tx2, grads, state, params)
+            if traces["update"] != 1:
+                why = describe_difference(tx, tx2, "the transformation", "the one with new values")
+                raise report.fail(
+                    "jit.hyperparameters",
+                    "changing a hyperparameter value retraced update"
+                    + (
+                        f": {why}"
+                        if why
+                        else " (its leaves kept their types; a hyperparameter is "
+                        "probably static data or is read as a Python number while tracing)"
+                    ),
+                )
+            report.ok("jit.hyperparameters", "halving every numeric hyperparameter did not retrace")
 
     return report
 
 
+@standard_promotion
 def check_stability(
     tx: Any,
     params: Any,
     *,
     extra_args: Mapping[str, Any] | None = None,
     name: str | None = None,
+    strict: bool = False,
     report: CheckReport | None = None,
 ) -> CheckReport:
-    """The state keeps its tree structure, shapes, dtypes and weak types through ``update``.
+    """The state keeps its tree structure, shapes, dtypes and weak types through ``update``
+    (required).
 
     Compared with the state ``init`` returns: the state after eager updates, after an update
     traced by ``jax.eval_shape`` (as under jit), after an update inside ``lax.cond`` (whose other
     branch returns the state unchanged) and after two updates as the carry of ``lax.scan``. The
     updates must have the gradients' structure, shapes and dtypes.
     """
-    report = new_report(tx, report, name)
+    report = new_report(tx, report, name, strict)
     step = stepper(tx, dict(extra_args or {}))
     grads = make_grads(params)
     grads2 = make_grads(params, seed=1)

@@ -18,11 +18,18 @@ from ._common import (
     names_in,
     new_report,
     required_extras,
+    standard_promotion,
     stepper,
 )
 from ._report import CheckReport
 
-__all__ = ["check_structure", "check_extra_args", "structure_zoo", "KitPair"]
+__all__ = [
+    "check_structure",
+    "check_extra_args",
+    "check_declared_extras",
+    "structure_zoo",
+    "KitPair",
+]
 
 
 class KitPair(NamedTuple):
@@ -85,6 +92,7 @@ def _must_raise(
     raise report.fail("structure.errors", f"update with {label} did not raise")
 
 
+@standard_promotion
 def check_structure(
     tx: Any,
     params: Any = None,
@@ -92,18 +100,20 @@ def check_structure(
     zoo: bool = True,
     extra_args: Mapping[str, Any] | None = None,
     name: str | None = None,
+    strict: bool = False,
     report: CheckReport | None = None,
 ) -> CheckReport:
     """Any parameter tree works, and a gradient tree that does not match is a clear error.
 
-    On ``params`` and (with ``zoo``) on :func:`structure_zoo` (in the dtype of the first leaf
-    of ``params``):
-    ``init`` and two updates run; the updates have the gradients' structure with ``None`` leaves
-    kept as ``None``, shapes and dtypes; the state keeps its structure. Then gradients with an
-    extra key and with a key missing must raise an error whose message names the transformation
-    and the key.
+    ``structure`` (required): on ``params`` and (with ``zoo``) on :func:`structure_zoo` (in the
+    dtype of the first leaf of ``params``), ``init`` and two updates run; the updates have the
+    gradients' structure with ``None`` leaves kept as ``None``, shapes and dtypes; the state
+    keeps its structure.
+
+    ``structure.errors`` (advisory, with ``zoo``): gradients with an extra key and with a key
+    missing must raise an error whose message names the transformation and the key.
     """
-    report = new_report(tx, report, name)
+    report = new_report(tx, report, name, strict)
     step = stepper(tx, dict(extra_args or {}))
     leaves = [x for _, x in flatten(params)[0] if x is not None]
     trees = [] if params is None else [("the given params", params)]
@@ -116,40 +126,71 @@ def check_structure(
         tree = trees[-1][1]
         grads = make_grads(tree)
         more = dict(grads, kit_unexpected=jnp.ones(2, tree["kit_scalar"].dtype))
-        _must_raise(report, tx, step, "an unexpected gradient key", tree, more, "kit_unexpected")
         fewer = {k: v for k, v in grads.items() if k != "kit_scalar"}
-        _must_raise(report, tx, step, "a gradient key missing", tree, fewer, "kit_scalar")
-        report.ok("structure.errors", "wrong gradient trees raise naming the transformation, key")
+        with report.advisory():
+            _must_raise(
+                report, tx, step, "an unexpected gradient key", tree, more, "kit_unexpected"
+            )
+            _must_raise(report, tx, step, "a gradient key missing", tree, fewer, "kit_scalar")
+            report.ok(
+                "structure.errors", "wrong gradient trees raise naming the transformation, key"
+            )
     else:
         report.skip("structure.errors", "zoo=False: no tree with known keys to break")
     return report
 
 
+def check_declared_extras(
+    tx: Any, extra_args: Mapping[str, Any] | None, report: CheckReport
+) -> tuple[str, ...]:
+    """``extra_args.declared`` (required, a precondition of every check): the ``update``
+    arguments ``tx`` declares as required (its ``requires``, and its stages' for a chain) are
+    given in ``extra_args``. Returns them."""
+    required = required_extras(tx)
+    missing = [r for r in required if r not in (extra_args or {})]
+    if missing:
+        raise report.fail(
+            "extra_args.declared",
+            f"the transformation requires update argument(s) {', '.join(missing)}; pass "
+            f"values with extra_args={{{', '.join(repr(m) + ': ...' for m in missing)}}}",
+        )
+    given = f"{', '.join(required)} given" if required else "the transformation declares none"
+    report.ok("extra_args.declared", given)
+    return required
+
+
+@standard_promotion
 def check_extra_args(
     tx: Any,
     params: Any,
     *,
     extra_args: Mapping[str, Any] | None = None,
     name: str | None = None,
+    strict: bool = False,
     report: CheckReport | None = None,
 ) -> CheckReport:
     """Unknown ``update`` keyword arguments are ignored; declared required ones are enforced.
 
-    Required arguments are those ``tx`` declares (its ``requires``, and its stages' for a
-    chain); they must be given in ``extra_args``. An update with two unknown keyword arguments
-    added must return exactly what it returns without them; an update without a required one
-    must raise an error naming the transformation and the argument.
+    ``extra_args.declared`` (required): the arguments ``tx`` declares as required (its
+    ``requires``, and its stages' for a chain) must be given in ``extra_args``.
+
+    ``extra_args`` (advisory): an update with two unknown keyword arguments added must return
+    exactly what it returns without them (optax's ``GradientTransformationExtraArgs``
+    protocol; a plain ``update(updates, state, params=None)`` misses it), and an update
+    without a required argument must raise an error naming the transformation and the
+    argument.
     """
-    report = new_report(tx, report, name)
+    report = new_report(tx, report, name, strict)
     extra = dict(extra_args or {})
-    required = required_extras(tx)
-    missing = [r for r in required if r not in extra]
-    if missing:
-        raise report.fail(
-            "extra_args",
-            f"the transformation requires update argument(s) {', '.join(missing)}; pass "
-            f"values with extra_args={{{', '.join(repr(m) + ': ...' for m in missing)}}}",
-        )
+    required = check_declared_extras(tx, extra, report)
+    with report.advisory():
+        _extra_args(tx, params, extra, required, report)
+    return report
+
+
+def _extra_args(
+    tx: Any, params: Any, extra: dict[str, Any], required: tuple[str, ...], report: CheckReport
+) -> None:
     grads = make_grads(params)
     step = stepper(tx, extra)
     noisy = stepper(tx, dict(extra, kit_unknown_value=jnp.ones([], jnp.float32), kit_flag="x"))
@@ -179,4 +220,3 @@ def check_extra_args(
     if required:
         detail += f"; required {', '.join(required)} enforced"
     report.ok("extra_args", detail)
-    return report

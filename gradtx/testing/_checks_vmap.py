@@ -16,6 +16,7 @@ from ._common import (
     make_grads,
     new_report,
     stack_trees,
+    standard_promotion,
     stepper,
     traceable_tx,
     vary_hyperparams,
@@ -40,6 +41,7 @@ def _shifted(params: Any) -> Any:
     return jax.tree_util.tree_map(shift, params)
 
 
+@standard_promotion
 def check_vmap(
     tx: Any,
     params: Any,
@@ -48,16 +50,19 @@ def check_vmap(
     rtol: float = 1e-4,
     atol: float = 1e-6,
     name: str | None = None,
+    strict: bool = False,
     report: CheckReport | None = None,
 ) -> CheckReport:
     """``jax.vmap`` over two sets of params, and over two sets of hyperparameters, gives what
     two separate runs give.
 
-    Each run is ``init`` and two updates. The hyperparameter batch stacks ``tx`` with a copy
-    whose numeric leaves are halved and maps over it (``in_axes`` 0 for the transformation);
-    skipped, with the reason recorded, when ``tx`` has no numeric leaves.
+    Each run is ``init`` and two updates. ``vmap.params`` (required): a batch of two param sets
+    (and their gradients), the transformation closed over. ``vmap.hyperparameters``
+    (advisory): the batch stacks ``tx`` with a copy whose numeric leaves are halved and maps
+    over it (``in_axes`` 0 for the transformation); skipped, with the reason recorded, when
+    ``tx`` is not a pytree of numbers or has no numeric leaves.
     """
-    report = new_report(tx, report, name)
+    report = new_report(tx, report, name, strict)
     step = stepper(tx, dict(extra_args or {}))
     run = lambda tx, p, g1, g2: _two_steps(step, tx, p, g1, g2)  # noqa: E731
 
@@ -73,24 +78,36 @@ def check_vmap(
     assert_close(report, "vmap.params", what, expected, got, rtol, atol)
     report.ok("vmap.params", "2 param sets, init and 2 updates")
 
-    if not traceable_tx(tx) or not has_hyperparams(tx):
+    if not traceable_tx(tx):
+        report.skip(
+            "vmap.hyperparameters",
+            "the transformation is not a pytree of numeric leaves, so it cannot be a vmap argument",
+        )
+    elif not has_hyperparams(tx):
         report.skip("vmap.hyperparameters", "the transformation has no numeric pytree leaves")
     else:
-        tx_b = vary_hyperparams(tx)
-        with guard(report, "vmap.hyperparameters", "separate runs with halved hyperparameters"):
-            expected = stack_trees([run(tx, p_a, g1a, g2a), run(tx_b, p_a, g1a, g2a)])
-        with guard(report, "vmap.hyperparameters", "jax.vmap over stacked hyperparameters"):
-            txs = jax.tree_util.tree_map(lambda a, b: jnp.stack([a, b]), tx, tx_b)
-            got = jax.vmap(lambda t: run(t, p_a, g1a, g2a))(txs)
-        assert_close(
-            report,
-            "vmap.hyperparameters",
-            "vmapped over hyperparameters vs separate runs",
-            expected,
-            got,
-            rtol,
-            atol,
-        )
-        report.ok("vmap.hyperparameters", "2 hyperparameter sets (x1, x0.5)")
+        with report.advisory():
+            _hyperparameters(tx, run, p_a, g1a, g2a, rtol, atol, report)
     report.ok("vmap", "batched runs match separate runs")
     return report
+
+
+def _hyperparameters(
+    tx: Any, run: Any, p_a: Any, g1a: Any, g2a: Any, rtol: float, atol: float, report: CheckReport
+) -> None:
+    tx_b = vary_hyperparams(tx)
+    with guard(report, "vmap.hyperparameters", "separate runs with halved hyperparameters"):
+        expected = stack_trees([run(tx, p_a, g1a, g2a), run(tx_b, p_a, g1a, g2a)])
+    with guard(report, "vmap.hyperparameters", "jax.vmap over stacked hyperparameters"):
+        txs = jax.tree_util.tree_map(lambda a, b: jnp.stack([a, b]), tx, tx_b)
+        got = jax.vmap(lambda t: run(t, p_a, g1a, g2a))(txs)
+    assert_close(
+        report,
+        "vmap.hyperparameters",
+        "vmapped over hyperparameters vs separate runs",
+        expected,
+        got,
+        rtol,
+        atol,
+    )
+    report.ok("vmap.hyperparameters", "2 hyperparameter sets (x1, x0.5)")

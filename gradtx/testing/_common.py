@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 import jax
 import jax.numpy as jnp
@@ -33,7 +34,11 @@ __all__ = [
     "typeof",
     "enable_x64",
     "stepper",
+    "standard_promotion",
+    "strict_promotion",
 ]
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 def tx_name(tx: Any) -> str:
@@ -65,8 +70,35 @@ def names_in(message: str, names: tuple[str, ...], key: str) -> str | None:
     return " nor ".join(missing) or None
 
 
-def new_report(tx: Any, report: CheckReport | None, name: str | None) -> CheckReport:
-    return report if report is not None else CheckReport(name or tx_name(tx))
+def new_report(
+    tx: Any, report: CheckReport | None, name: str | None, strict: bool = False
+) -> CheckReport:
+    return report if report is not None else CheckReport(name or tx_name(tx), strict=strict)
+
+
+# --- promotion settings -----------------------------------------------------------------------
+@contextlib.contextmanager
+def _promotion(dtype: str, rank: str) -> Iterator[None]:
+    with jax.numpy_dtype_promotion(dtype), jax.numpy_rank_promotion(rank):
+        yield
+
+
+def strict_promotion() -> Any:
+    """``jax_numpy_dtype_promotion="strict"`` and ``jax_numpy_rank_promotion="raise"`` for a
+    block (restored afterwards): the settings of the advisory ``strict_promotion`` check."""
+    return _promotion("strict", "raise")
+
+
+def standard_promotion(fn: F) -> F:
+    """Runs a check under JAX's default promotion (``"standard"`` dtypes, ``"allow"`` ranks),
+    whatever the caller's settings, so the required tier does not depend on them."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with _promotion("standard", "allow"):
+            return fn(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
 
 
 # --- JAX version shims ------------------------------------------------------------------------
