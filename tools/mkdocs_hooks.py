@@ -5,6 +5,11 @@ so that they work when read on GitHub. The site does not contain those files, so
 becomes a link to ``repo_url`` (``<repo_url>/blob/main/<path>``) when mkdocs.yml sets one, and
 inline code otherwise. Only links to files that exist are rewritten: a link to a missing file
 stays as written and ``mkdocs build --strict`` reports it.
+
+Every built page must work offline: :func:`external_resources` lists what a page would load
+from another host (a ``<script src>``, a stylesheet, a font, a preconnect, an image), and
+``on_post_page`` fails the build if there is anything (MathJax is vendored under
+``docs/javascripts/vendor/``). Plain links (``<a href>``) to other sites are fine.
 """
 
 from __future__ import annotations
@@ -14,6 +19,13 @@ import re
 from pathlib import Path
 from typing import Any
 
+# A tag that makes the browser fetch its URL: script/img/iframe/source src, and <link> hrefs
+# (stylesheets, fonts, preconnect, preload). <a href> is a link the reader follows, not a load.
+_LOAD = re.compile(
+    r"<(?:script|img|iframe|source|audio|video|embed)\b[^>]*?\bsrc\s*=\s*[\"']([^\"']+)"
+    r"|<link\b[^>]*?\bhref\s*=\s*[\"']([^\"']+)",
+    re.I,
+)
 _LINK = re.compile(r"(?<!!)\[([^\]\n]+)\]\(([^)\s#]+)(#[^)\s]*)?\)")
 _FENCE = re.compile(r"^(\s*)(```|~~~)")
 
@@ -55,3 +67,21 @@ def on_page_markdown(markdown: str, page: Any, config: Any, files: Any) -> str:
             fenced = None if fenced == m.group(2) else (fenced or m.group(2))
         out.append(line if fenced else _LINK.sub(rewrite, line))
     return "\n".join(out)
+
+
+def external_resources(html: str) -> list[str]:
+    """The URLs on another host (``scheme://`` or ``//``) that ``html`` makes a browser load."""
+    urls = (m.group(1) or m.group(2) for m in _LOAD.finditer(html))
+    return sorted({u for u in urls if "://" in u or u.startswith("//")})
+
+
+def on_post_page(output: str, page: Any, config: Any) -> str:
+    external = external_resources(output)
+    if external:
+        from mkdocs.exceptions import PluginError
+
+        raise PluginError(
+            f"docs page {page.file.src_uri} loads from another host (the site must work "
+            f"offline; vendor it under docs/javascripts/vendor/): {external}"
+        )
+    return output

@@ -57,9 +57,24 @@ def _save(fig: Any, path: Path) -> str:
     return str(path)
 
 
-def valley_trajectories(valley: Valley, recs: dict, summary: dict, out: Path) -> str:
-    """Contours and every trajectory; right: the floor around the burst."""
-    fig, (ax, zoom) = plt.subplots(1, 2, figsize=(14, 5.5), width_ratios=[1.6, 1])
+def _gd_zigzag(p: np.ndarray, x0: float, y_lim: float, steps: int) -> np.ndarray:
+    """The first ``steps`` points of a GD run, cut where |y| leaves the panel."""
+    p = _finite(p)[: steps + 1]
+    out = np.abs(p[:, 1]) > y_lim
+    return p[: int(np.argmax(out)) + 1] if out.any() else p
+
+
+def trajectory_figure(valley: Valley, recs: dict, summary: dict) -> Any:
+    """The figure of :func:`valley_trajectories` (returned, not saved: the tests inspect it).
+
+    Top: contours and every trajectory, the legend outside the axes. Bottom left: the first
+    steps of plain GD with the x axis magnified, so that its zigzag across the valley shows.
+    Bottom right: the floor around Adagrad's burst.
+    """
+    fig = plt.figure(figsize=(14, 10), layout="constrained")
+    grid = fig.add_gridspec(2, 2, height_ratios=[1.15, 1])
+    ax = fig.add_subplot(grid[0, :])
+    gd, zoom = fig.add_subplot(grid[1, 0]), fig.add_subplot(grid[1, 1])
     x0, y0 = valley.start
     xs = np.linspace(-0.05 * x0, 1.05 * x0, 400)
     ys = np.linspace(-1.3 * y0, 1.3 * y0, 400)
@@ -74,7 +89,8 @@ def valley_trajectories(valley: Valley, recs: dict, summary: dict, out: Path) ->
         if name == "gd_large_lr":
             p = p[:6]  # it leaves the picture after a few steps
         idx = _thin(len(p))
-        front = name == "adagrad_rms"  # the burst on top; RMSProp's ±η/2 zigzag faint
+        # the burst and slow GD (under RMSProp's band otherwise) on top; RMSProp's ±η/2 zigzag faint
+        front = name in ("adagrad_rms", "gd_small_lr")
         alpha = 0.35 if name == "rmsprop" else 1.0
         ax.plot(
             p[idx, 0],
@@ -85,17 +101,42 @@ def valley_trajectories(valley: Valley, recs: dict, summary: dict, out: Path) ->
             alpha=alpha,
             zorder=3 if front else 2,
         )
-    ax.plot([x0], [y0], "k*", ms=10)
-    ax.plot([0], [0], "k+", ms=12)
+    ax.plot([x0], [y0], "k*", ms=10, label="start")
+    ax.plot([0], [0], "k+", ms=12, label="minimum")
     ax.set(xlim=(xs[0], xs[-1]), ylim=(ys[0], ys[-1]), xlabel=f"x (flat floor, a = {valley.a:g})")
     ax.set_ylabel(f"y (steep walls, b = {valley.b:g})")
-    ax.set_title(f"Narrow valley, condition number {valley.b / valley.a:.0e} (axes not to scale)")
-    ax.legend(fontsize=7, loc="upper left", ncol=2)
+    ax.set_title(
+        f"Narrow valley, condition number {valley.b / valley.a:.0e} (axes not to scale; "
+        "GD's zigzag is the vertical stroke at the start, magnified below left)"
+    )
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+
+    # Plain GD: y is multiplied by (1 − η·b) < 0 every step while x barely moves, so the x axis
+    # is shown as x − x0 (magnified about 10⁴ times against the top panel).
+    n_gd = 40
+    y_lim = 2.0 * y0
+    for name, marker in (("gd_small_lr", "o"), ("gd_large_lr", "s")):
+        if name not in recs:
+            continue
+        label, color = STYLE[name]
+        p = _gd_zigzag(recs[name]["params"], x0, y_lim, n_gd)
+        gd.plot(p[:, 0] - x0, p[:, 1], "-", marker=marker, ms=3, lw=0.8, color=color, label=label)
+    gd.axhline(0.0, color="0.6", lw=0.7, zorder=0)
+    gd.plot([0], [y0], "k*", ms=10)
+    gd.set(ylim=(-1.1 * y_lim, 1.1 * y_lim), xlabel=f"x − {x0:g}", ylabel="y")
+    gd.set_title(
+        f"Plain GD, first {n_gd} steps: y flips sign every step (zigzag across the valley) "
+        "while x hardly moves",
+        fontsize=9,
+    )
+    gd.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2)
 
     burst = summary["adagrad_rms"]["burst"]
     first = burst["first_burst"] or {"x_at_peak": x0 / 2, "peak_step": None}
     xb = first["x_at_peak"]
     for name in ("adagrad_rms", "with_decay", "with_warmup"):
+        if name not in recs:
+            continue
         label, color = STYLE[name]
         p = recs[name]["params"]
         zoom.plot(p[:, 0], p[:, 1], lw=0.6, color=color, label=label)
@@ -106,12 +147,18 @@ def valley_trajectories(valley: Valley, recs: dict, summary: dict, out: Path) ->
         f"{first['peak_step']})",
         fontsize=9,
     )
-    zoom.legend(fontsize=7, loc="lower right")
-    return _save(fig, out / "valley_trajectories.png")
+    zoom.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=3)
+    return fig
 
 
-def valley_curves(valley: Valley, recs: dict, out: Path) -> str:
-    """Loss and distance to the minimum per step; the steep coordinate of plain GD."""
+def valley_trajectories(valley: Valley, recs: dict, summary: dict, out: Path) -> str:
+    """Saves :func:`trajectory_figure` as ``valley_trajectories.png``."""
+    return _save(trajectory_figure(valley, recs, summary), out / "valley_trajectories.png")
+
+
+def curves_figure(valley: Valley, recs: dict) -> Any:
+    """The figure of :func:`valley_curves`: loss and distance to the minimum per step, and the
+    steep coordinate y of plain GD with its sign (a symmetric log axis: linear within ±10⁻³)."""
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
     for name, rec in recs.items():
         label, color = STYLE.get(name, (name, None))
@@ -124,20 +171,35 @@ def valley_curves(valley: Valley, recs: dict, out: Path) -> str:
     axes[0].set(xlabel="step + 1", ylabel="f(θ)", title="Loss (max over blocks of 10 steps)")
     axes[1].set(xlabel="step + 1", ylabel="‖θ − θ*‖", title="Distance to the minimum (same)")
     axes[1].legend(fontsize=7)
+    n_gd, linthresh = 30, 1e-3
     for name in ("gd_large_lr", "gd_small_lr"):
+        if name not in recs:
+            continue
         label, color = STYLE[name]
-        y = np.abs(_finite(recs[name]["params"])[:80, 1])
-        axes[2].semilogy(np.arange(len(y)), y, ".-", lw=0.8, ms=3, color=color, label=label)
-    axes[2].set(xlabel="step", ylabel="|y|", title="GD: steep coordinate (sign flips each step)")
-    axes[2].legend(fontsize=8)
+        y = _finite(recs[name]["params"])[: n_gd + 1, 1]
+        axes[2].plot(np.arange(len(y)), y, ".-", lw=0.8, ms=4, color=color, label=label)
+    axes[2].set_yscale("symlog", linthresh=linthresh)
+    axes[2].axhspan(-linthresh, linthresh, color="0.93", zorder=0)
+    axes[2].axhline(0.0, color="0.5", lw=0.6)
+    axes[2].set(
+        xlabel="step",
+        ylabel=f"y (log scale beyond ±{linthresh:g}, linear inside)",
+        title="GD: steep coordinate y, its sign flips every step",
+    )
+    axes[2].legend(fontsize=8, loc="upper left")
     fig.tight_layout()
-    return _save(fig, out / "valley_curves.png")
+    return fig
+
+
+def valley_curves(valley: Valley, recs: dict, out: Path) -> str:
+    """Saves :func:`curves_figure` as ``valley_curves.png``."""
+    return _save(curves_figure(valley, recs), out / "valley_curves.png")
 
 
 def valley_burst(valley: Valley, recs: dict, out: Path) -> str:
     """|y| per step, the stability ratio η_t·b/σ_t and η_t, for the Adagrad variants."""
     names = ("adagrad_rms", "with_cosine_decay", "with_decay", "with_warmup", "rmsprop")
-    fig, axes = plt.subplots(3, 1, figsize=(11, 9.5), sharex=True)
+    fig, axes = plt.subplots(3, 1, figsize=(11, 10), sharex=True, layout="constrained")
     for name in names:
         if name not in recs:
             continue
@@ -157,8 +219,8 @@ def valley_burst(valley: Valley, recs: dict, out: Path) -> str:
     )
     axes[1].set(ylabel="η_t · b / σ_t  (unstable above 2)")
     axes[2].set(ylabel="η_t", xlabel="step")
-    axes[0].legend(fontsize=7, loc="upper right")
-    fig.tight_layout()
+    # above the panels: inside, every corner of the top panel has data under it
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside upper center", ncol=3, fontsize=8)
     return _save(fig, out / "valley_burst.png")
 
 
