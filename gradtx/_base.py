@@ -16,6 +16,7 @@ are evaluated at the step count, and the step counter (int32) saturates instead 
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -25,7 +26,7 @@ import jax.numpy as jnp
 from ._packed_tx import init_pieces, leaf_sums, update_pieces
 from ._packing import flat_segments, logical_tree, packed_mask
 from ._state import State
-from ._struct import FrozenTree, Struct, has_schedule, resolve
+from ._struct import FrozenTree, Struct, has_schedule, resolve, static
 from ._tree import (
     TransformError,
     check_float_leaves,
@@ -77,7 +78,16 @@ def increment(count: jax.Array) -> jax.Array:
 
 
 class GradientTransformation(Struct):
-    """Base of every gradtx transformation: a frozen, hashable value with ``init``/``update``."""
+    """Base of every gradtx transformation: a frozen, hashable value with ``init``/``update``.
+
+    As in optax, ``GradientTransformation(init_fn, update_fn)`` builds a transformation from
+    two functions (a :class:`FunctionTransformation`); subclasses are built from their fields.
+    """
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
+        if cls is GradientTransformation and (args or kwargs):
+            return object.__new__(FunctionTransformation)
+        return object.__new__(cls)
 
     def init(self, params: Any) -> Any:
         raise NotImplementedError
@@ -86,6 +96,42 @@ class GradientTransformation(Struct):
         self, updates: Any, state: Any, params: Any | None = None, **extra: Any
     ) -> tuple[Any, Any]:
         raise NotImplementedError
+
+
+class FunctionTransformation(GradientTransformation):
+    """A transformation made of two functions, ``init_fn(params) -> state`` and
+    ``update_fn(updates, state, params=None, **extra) -> (updates, state)``, as optax's
+    ``GradientTransformation(init_fn, update_fn)``.
+
+    Both functions are static (hashed by identity). Keyword arguments of ``update`` reach
+    ``update_fn`` when it accepts them (by name, or all of them with ``**kwargs``) and are
+    dropped otherwise, as optax's ``with_extra_args_support`` does.
+    """
+
+    name = "function_transformation"
+    init_fn: Any = static()
+    update_fn: Any = static()
+
+    def init(self, params: Any) -> Any:
+        return self.init_fn(params)
+
+    def update(
+        self, updates: Any, state: Any, params: Any | None = None, **extra: Any
+    ) -> tuple[Any, Any]:
+        if extra:
+            extra = _accepted_kwargs(self.update_fn, extra)
+        return self.update_fn(updates, state, params, **extra)
+
+
+def _accepted_kwargs(fn: Any, extra: dict[str, Any]) -> dict[str, Any]:
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):  # no signature: pass everything
+        return extra
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return extra
+    names = {p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
+    return {k: v for k, v in extra.items() if k in names}
 
 
 class Context:
@@ -288,7 +334,7 @@ class Stage(GradientTransformation):
     def update(
         self, updates: Any, state: State, params: Any | None = None, **extra: Any
     ) -> tuple[Any, State]:
-        if not self.slots and not self.counts and _is_empty_state(state):
+        if not self.slots and not self.counts and not isinstance(state, State):
             return self._update_stateless(updates, state, params, extra)
         self._check_update_args(updates, state, params, extra)
         leaves, treedef = flatten(updates)
@@ -367,15 +413,14 @@ class Stage(GradientTransformation):
         return treedef.unflatten(out), State(entries)
 
     def _update_stateless(self, updates: Any, state: Any, params: Any, extra: dict) -> tuple:
-        """A stage without state given an empty state of another type (``optax.EmptyState()``,
-        ``()``, what optax code passes): runs as usual and returns that state unchanged."""
+        """A stage without state given a state that is not a :class:`State` (optax's
+        ``EmptyState()``, ``()``, ``None``, ``{}``: whatever optax code passes to a stateless
+        transformation, which optax ignores): runs as usual and returns that state unchanged.
+        ``updates=None`` gives ``None`` back, as optax's stateless transformations do."""
+        if updates is None:
+            return None, state
         out, _ = self.update(updates, State(), params, **extra)
         return out, state
-
-
-def _is_empty_state(state: Any) -> bool:
-    """``optax.EmptyState()``, ``()`` or ``[]``: the empty states optax code passes."""
-    return not isinstance(state, State) and isinstance(state, (tuple, list)) and len(state) == 0
 
 
 _SLOT_SHAPES: dict[Any, dict[str, tuple[int, ...]]] = {}

@@ -83,6 +83,11 @@ class Chain(GradientTransformation):
     def update(
         self, updates: Any, state: Any, params: Any | None = None, **extra: Any
     ) -> tuple[Any, State]:
+        if not hasattr(state, "__len__"):
+            raise TransformError(
+                f"gradtx.{self.name}: state is not this transformation's state (expected one "
+                f"entry per stage, {list(self.names)}, got {type(state).__name__})"
+            )
         if len(state) != len(self.stages):
             raise TransformError(
                 f"gradtx.chain: state has {len(state)} entries for {len(self.stages)} stages"

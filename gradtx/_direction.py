@@ -59,7 +59,8 @@ class Momentum(_StoredDtype):
     ``m_0 = 0``. This is ``torch.optim.SGD`` with ``dampening=0`` and optax's ``trace``.
 
     Attributes:
-      momentum: μ, a float (or a schedule); 0 gives ``d_t = g_t``.
+      momentum: μ in [0, 1], a float (or a schedule); 0 gives ``d_t = g_t``, 1 the sum of
+        all past gradients (optax's ``trace(decay=1.0)``).
       nesterov: use Nesterov's form.
       dtype: the dtype ``m`` is stored in (optax's ``accumulator_dtype``); ``None``: the
         param's dtype.
@@ -74,7 +75,7 @@ class Momentum(_StoredDtype):
 
     slots = ("mu",)
     summary = "heavy-ball momentum m = μ·m + g"
-    momentum: float = hyper(0.9, "unit")
+    momentum: float = hyper(0.9, "unit_closed")
     nesterov: bool = static(False)
     dtype: Any = static(None)
 

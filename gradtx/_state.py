@@ -14,8 +14,12 @@ __all__ = ["State", "builder", "with_builder"]
 _flax_registered = False
 
 
-class State(Mapping):
+class State(dict):
     """An immutable, ordered record of named state entries, registered as a pytree.
+
+    A read-only ``dict`` subclass (mutating methods raise), so that tools which look into
+    state by key find gradtx's entries: ``optax.tree.get(state, "mu")`` and
+    ``optax.tree_utils.tree_get_all_with_path`` work on it as on optax's own state.
 
     Entries are read by attribute (``state.mu``), by name (``state["mu"]``) or, like optax's
     tuples, by position (``state[0]``). A chain's state holds one :class:`State` per stage,
@@ -34,6 +38,7 @@ class State(Mapping):
 
     def __init__(self, entries: Mapping[str, Any] | None = None, /, **kwargs: Any) -> None:
         items = dict(entries or {}, **kwargs)
+        dict.__init__(self, items)
         object.__setattr__(self, "_names", tuple(items))
         object.__setattr__(self, "_values", tuple(items.values()))
         object.__setattr__(self, "_builder", None)
@@ -64,6 +69,30 @@ class State(Mapping):
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError("State is immutable; use state.replace(name=value)")
 
+    def _immutable(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError("State is immutable; use state.replace(name=value)")
+
+    __setitem__ = __delitem__ = __ior__ = _immutable
+    clear = pop = popitem = setdefault = update = _immutable
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._names
+
+    def keys(self):
+        return Mapping.keys(self)
+
+    def values(self):
+        return Mapping.values(self)
+
+    def items(self):
+        return Mapping.items(self)
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        return self[key] if key in self._names else default
+
+    def copy(self) -> State:
+        return self
+
     def replace(self, **changes: Any) -> State:
         """A copy with some entries replaced (names must exist)."""
         unknown = set(changes) - set(self._names)
@@ -75,14 +104,18 @@ class State(Mapping):
     def __reduce__(self) -> tuple:
         return (_rebuild, (dict(zip(self._names, self._values)), self._builder))
 
+    def __ne__(self, other: object) -> bool:
+        eq = self.__eq__(other)
+        return eq if eq is NotImplemented else not eq
+
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, State):
-            return NotImplemented
+            return False if isinstance(other, dict) else NotImplemented
         return self._names == other._names and all(
             a is b or _eq(a, b) for a, b in zip(self._values, other._values)
         )
 
-    __hash__ = None  # type: ignore[assignment]  # holds arrays
+    __hash__ = None  # holds arrays
 
     def __repr__(self) -> str:
         inner = ", ".join(f"{n}={_short(v)}" for n, v in zip(self._names, self._values))
