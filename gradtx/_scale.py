@@ -110,7 +110,8 @@ def step_sharding(param: Any, entries: tuple | None) -> NamedSharding | None:
     ``param``'s own spec). ``None`` unless ``param`` is a concrete array with a
     :class:`~jax.sharding.NamedSharding`. The spec is written as jit writes its outputs' specs:
     one entry per dimension on a mesh with explicit axes, trailing ``None`` entries dropped on
-    an auto mesh (``P('x', None)`` comes back as ``P('x')``, a different cache key), so state
+    an auto mesh (``P('x', None)`` comes back as ``P('x')``, a different cache key; a state
+    array shaped like a param given as ``P(None)`` as ``P(None)``), so state
     fed back into the step does not make it compile again.
     """
     if isinstance(param, jax.core.Tracer) or not isinstance(param, jax.Array):
@@ -118,12 +119,16 @@ def step_sharding(param: Any, entries: tuple | None) -> NamedSharding | None:
     sharding = getattr(param, "sharding", None)
     if not isinstance(sharding, NamedSharding):
         return None
+    spec = tuple(sharding.spec)
+    # A params-shaped array of a param given as P(None) (or P(None, None)) comes back as
+    # P(None) on an auto mesh; other specs lose all their trailing ``None`` entries there.
+    keep = 1 if entries is None and spec and all(e is None for e in spec) else 0
     if entries is None:
-        entries = tuple(sharding.spec) + (None,) * (param.ndim - len(sharding.spec))
+        entries = spec + (None,) * (param.ndim - len(spec))
     explicit = any(t == AxisType.Explicit for t in getattr(sharding.mesh, "axis_types", ()))
     entries = tuple(entries)
     if not explicit:
-        while entries and entries[-1] is None:
+        while len(entries) > keep and entries[-1] is None:
             entries = entries[:-1]
     return NamedSharding(sharding.mesh, PartitionSpec(*entries))
 
