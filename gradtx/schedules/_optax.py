@@ -16,16 +16,17 @@ from ._basic import Constant, Linear, constant, linear
 from ._decay import (
     ExponentialDecay,
     cosine_decay,
-    exponential_decay,
+    exponential_decay,  # noqa: F401  (an optax name: in __all__ through OPTAX_NAMES)
     piecewise_constant,
     polynomial,
 )
 from ._interpolate import PiecewiseInterpolate
-from ._join import JoinSchedules, join_schedules
+from ._join import JoinSchedules, join_schedules  # noqa: F401  (an optax name, as above)
 from ._warmup import warmup_constant, warmup_cosine_decay
 
-__all__ = [
-    "OPTAX_NAMES",
+#: Every schedule name of ``optax.schedules`` (optax 0.2.8) that gradtx provides, with
+#: optax's signature; ``inject_hyperparams`` and the stateful schedules are not schedules.
+OPTAX_NAMES = (
     "constant_schedule",
     "linear_schedule",
     "polynomial_schedule",
@@ -40,7 +41,9 @@ __all__ = [
     "cosine_onecycle_schedule",
     "linear_onecycle_schedule",
     "join_schedules",
-]
+)
+
+__all__ = ["OPTAX_NAMES", *OPTAX_NAMES]
 
 #: optax's ``constant_schedule``: :func:`constant`.
 constant_schedule = constant
@@ -249,23 +252,3 @@ def sgdr_schedule(cosine_kwargs: Iterable[dict[str, Any]]) -> JoinSchedules:
         return JoinSchedules(tuple(cycles), tuple(boundaries))
 
     return _named("sgdr_schedule", build)
-
-
-#: Every schedule name of ``optax.schedules`` (optax 0.2.8) that gradtx provides, with
-#: optax's signature; ``inject_hyperparams`` and the stateful schedules are not schedules.
-OPTAX_NAMES = (
-    "constant_schedule",
-    "linear_schedule",
-    "polynomial_schedule",
-    "exponential_decay",
-    "piecewise_constant_schedule",
-    "piecewise_interpolate_schedule",
-    "cosine_decay_schedule",
-    "warmup_cosine_decay_schedule",
-    "warmup_constant_schedule",
-    "warmup_exponential_decay_schedule",
-    "sgdr_schedule",
-    "cosine_onecycle_schedule",
-    "linear_onecycle_schedule",
-    "join_schedules",
-)
