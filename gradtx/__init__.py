@@ -4,92 +4,99 @@
 """
 
 from . import schedules as schedules
-from ._adafactor import FactoredScale as FactoredScale
-from ._alias import adadelta as adadelta
-from ._alias import adagrad as adagrad
-from ._alias import adam as adam
-from ._alias import adamax as adamax
-from ._alias import adamw as adamw
-from ._alias import amsgrad as amsgrad
-from ._alias import nadam as nadam
-from ._alias import nadamw as nadamw
-from ._alias import rmsprop as rmsprop
-from ._alias import sgd as sgd
-from ._alias import sign_sgd as sign_sgd
-from ._alias_more import adabelief as adabelief
-from ._alias_more import adafactor as adafactor
-from ._alias_more import lamb as lamb
-from ._alias_more import lars as lars
-from ._alias_more import lion as lion
-from ._alias_more import radam as radam
-from ._alias_more import yogi as yogi
-from ._base import Context as Context
-from ._base import GradientTransformation as GradientTransformation
-from ._base import Stage as Stage
-from ._base import apply_updates as apply_updates
-from ._chain import Chain as Chain
-from ._chain import chain as chain
-from ._checkpoint import register_flax_serialization as register_flax_serialization
-from ._checkpoint import register_if_flax_loaded as _register_if_flax_loaded
-from ._clipping import adaptive_grad_clip as adaptive_grad_clip
-from ._clipping import clip as clip
-from ._clipping import clip_by_block_rms as clip_by_block_rms
-from ._clipping import clip_by_global_norm as clip_by_global_norm
-from ._clipping import global_norm as global_norm
-from ._decay import add_decayed_weights as add_decayed_weights
-from ._decay import scale_by_trust_ratio as scale_by_trust_ratio
-from ._direction import Ema as Ema
-from ._direction import Lion as Lion
-from ._direction import Momentum as Momentum
-from ._direction import NesterovEma as NesterovEma
-from ._direction import Sign as Sign
-from ._eta import identity as identity
-from ._eta import scale as scale
-from ._eta import scale_by_learning_rate as scale_by_learning_rate
-from ._eta import scale_by_schedule as scale_by_schedule
-from ._eta import set_to_zero as set_to_zero
-from ._inspect import current_learning_rate as current_learning_rate
-from ._inspect import hyperparams as hyperparams
-from ._knobs import Direction as Direction
-from ._knobs import Knobs as Knobs
-from ._knobs import Scale as Scale
-from ._optax_names import ema as ema
-from ._optax_names import scale_by_adadelta as scale_by_adadelta
-from ._optax_names import scale_by_adam as scale_by_adam
-from ._optax_names import scale_by_adamax as scale_by_adamax
-from ._optax_names import scale_by_amsgrad as scale_by_amsgrad
-from ._optax_names import scale_by_belief as scale_by_belief
-from ._optax_names import scale_by_factored_rms as scale_by_factored_rms
-from ._optax_names import scale_by_lion as scale_by_lion
-from ._optax_names import scale_by_radam as scale_by_radam
-from ._optax_names import scale_by_rms as scale_by_rms
-from ._optax_names import scale_by_rss as scale_by_rss
-from ._optax_names import scale_by_sign as scale_by_sign
-from ._optax_names import scale_by_stddev as scale_by_stddev
-from ._optax_names import scale_by_yogi as scale_by_yogi
-from ._optax_names import trace as trace
-from ._optimizer import Optimizer as Optimizer
-from ._optimizer import optimizer as optimizer
-from ._packing import DEFAULT_THRESHOLD as DEFAULT_THRESHOLD
-from ._packing import Layout as Layout
-from ._packing import Packed as Packed
-from ._packing import pack as pack
-from ._packing import unpack as unpack
-from ._packing_serialization import register_if_flax_loaded as _register_packed_if_flax_loaded
-from ._scale import AdagradScale as AdagradScale
-from ._scale import AdamaxScale as AdamaxScale
-from ._scale import AdamScale as AdamScale
-from ._scale import AmsgradScale as AmsgradScale
-from ._scale import RMSPropScale as RMSPropScale
-from ._scale_variants import AdaBeliefScale as AdaBeliefScale
-from ._scale_variants import AdadeltaScale as AdadeltaScale
-from ._scale_variants import RAdamScale as RAdamScale
-from ._scale_variants import YogiScale as YogiScale
-from ._state import State as State
-from ._struct import hyper as hyper
-from ._struct import static as static
-from ._tree import TransformError as TransformError
 
+# _core: the protocol, Stage and Context, named State, chains, the knob base classes
+from ._core.chain import Chain as Chain
+from ._core.chain import chain as chain
+from ._core.context import Context as Context
+from ._core.knobs import Direction as Direction
+from ._core.knobs import Knobs as Knobs
+from ._core.knobs import Scale as Scale
+from ._core.packed import Layout as Layout
+from ._core.packed import Packed as Packed
+from ._core.packed import unpack as unpack
+from ._core.stage import Stage as Stage
+from ._core.state import State as State
+from ._core.struct import hyper as hyper
+from ._core.struct import static as static
+from ._core.transformation import GradientTransformation as GradientTransformation
+from ._core.transformation import apply_updates as apply_updates
+from ._core.tree import TransformError as TransformError
+
+# g, direction
+from ._direction.momentum import Ema as Ema
+from ._direction.momentum import Momentum as Momentum
+from ._direction.momentum import NesterovEma as NesterovEma
+from ._direction.sign import Lion as Lion
+from ._direction.sign import Sign as Sign
+
+# packing and checkpoints
+from ._interop.checkpoint import register_flax_serialization as register_flax_serialization
+
+# named optimizers, the builder, optax's scale_by_* names, inspection
+from ._optimizers.adafactor import adafactor as adafactor
+from ._optimizers.adagrad import adadelta as adadelta
+from ._optimizers.adagrad import adagrad as adagrad
+from ._optimizers.adagrad import rmsprop as rmsprop
+from ._optimizers.adam import adam as adam
+from ._optimizers.adam import adamax as adamax
+from ._optimizers.adam import adamw as adamw
+from ._optimizers.adam import amsgrad as amsgrad
+from ._optimizers.adam import nadam as nadam
+from ._optimizers.adam import nadamw as nadamw
+from ._optimizers.adam_variants import adabelief as adabelief
+from ._optimizers.adam_variants import radam as radam
+from ._optimizers.adam_variants import yogi as yogi
+from ._optimizers.builder import Optimizer as Optimizer
+from ._optimizers.builder import optimizer as optimizer
+from ._optimizers.hyperparams import current_learning_rate as current_learning_rate
+from ._optimizers.hyperparams import hyperparams as hyperparams
+from ._optimizers.lion import lion as lion
+from ._optimizers.optax_names import ema as ema
+from ._optimizers.optax_names import scale_by_adadelta as scale_by_adadelta
+from ._optimizers.optax_names import scale_by_adam as scale_by_adam
+from ._optimizers.optax_names import scale_by_adamax as scale_by_adamax
+from ._optimizers.optax_names import scale_by_amsgrad as scale_by_amsgrad
+from ._optimizers.optax_names import scale_by_belief as scale_by_belief
+from ._optimizers.optax_names import scale_by_factored_rms as scale_by_factored_rms
+from ._optimizers.optax_names import scale_by_lion as scale_by_lion
+from ._optimizers.optax_names import scale_by_radam as scale_by_radam
+from ._optimizers.optax_names import scale_by_rms as scale_by_rms
+from ._optimizers.optax_names import scale_by_rss as scale_by_rss
+from ._optimizers.optax_names import scale_by_sign as scale_by_sign
+from ._optimizers.optax_names import scale_by_stddev as scale_by_stddev
+from ._optimizers.optax_names import scale_by_yogi as scale_by_yogi
+from ._optimizers.optax_names import trace as trace
+from ._optimizers.sgd import sgd as sgd
+from ._optimizers.sgd import sign_sgd as sign_sgd
+from ._optimizers.trust_ratio import lamb as lamb
+from ._optimizers.trust_ratio import lars as lars
+from ._packing.pack import DEFAULT_THRESHOLD as DEFAULT_THRESHOLD
+from ._packing.pack import pack as pack
+from ._scale.adam import AdamaxScale as AdamaxScale
+
+# σ, per-parameter scale
+from ._scale.adam import AdamScale as AdamScale
+from ._scale.adam import AmsgradScale as AmsgradScale
+from ._scale.factored import FactoredScale as FactoredScale
+from ._scale.rms import AdagradScale as AdagradScale
+from ._scale.rms import RMSPropScale as RMSPropScale
+from ._scale.variants import AdaBeliefScale as AdaBeliefScale
+from ._scale.variants import AdadeltaScale as AdadeltaScale
+from ._scale.variants import RAdamScale as RAdamScale
+from ._scale.variants import YogiScale as YogiScale
+
+# stages before or after the knobs
+from ._stages.clipping import adaptive_grad_clip as adaptive_grad_clip
+from ._stages.clipping import clip as clip
+from ._stages.clipping import clip_by_block_rms as clip_by_block_rms
+from ._stages.clipping import clip_by_global_norm as clip_by_global_norm
+from ._stages.clipping import global_norm as global_norm
+from ._stages.trust_ratio import scale_by_trust_ratio as scale_by_trust_ratio
+from ._stages.weight_decay import add_decayed_weights as add_decayed_weights
+
+# (importing gradtx._interop.checkpoint registers State and Packed with flax.serialization as
+# soon as flax is in use; see gradtx/_core/flax_hook.py)
 # optax's schedule names at the top level, as optax has them (the same objects):
 from .schedules import constant_schedule as constant_schedule
 from .schedules import cosine_decay_schedule as cosine_decay_schedule
@@ -106,7 +113,11 @@ from .schedules import warmup_constant_schedule as warmup_constant_schedule
 from .schedules import warmup_cosine_decay_schedule as warmup_cosine_decay_schedule
 from .schedules import warmup_exponential_decay_schedule as warmup_exponential_decay_schedule
 
-__version__ = "0.1.0"
+# η, the learning rate as a stage (the schedules themselves: gradtx.schedules)
+from .schedules._learning_rate import identity as identity
+from .schedules._learning_rate import scale as scale
+from .schedules._learning_rate import scale_by_learning_rate as scale_by_learning_rate
+from .schedules._learning_rate import scale_by_schedule as scale_by_schedule
+from .schedules._learning_rate import set_to_zero as set_to_zero
 
-_register_if_flax_loaded()  # State with flax.serialization, if flax is imported already
-_register_packed_if_flax_loaded()  # and Packed
+__version__ = "0.1.0"

@@ -267,3 +267,22 @@ PROBLEMS: list[Problem] = [
     ),
     Problem("random_tree", lambda: random_tree(0), _tree_loss, _TARGET),
 ]
+
+
+#: Modules of gradtx/_optimizers/ that are not a family of named optimizers.
+_NOT_FAMILIES = {"builder", "common", "optax_names", "hyperparams"}
+
+
+def named_optimizer_names() -> set[str]:
+    """The named optimizers: the ``__all__`` of every family module in gradtx/_optimizers/
+    (one file per family), so a new family file is picked up without editing a list."""
+    import importlib
+    import pkgutil
+
+    import gradtx._optimizers as pkg
+
+    out: set[str] = set()
+    for m in pkgutil.iter_modules(pkg.__path__):
+        if m.name not in _NOT_FAMILIES:
+            out |= set(importlib.import_module(f"{pkg.__name__}.{m.name}").__all__)
+    return out

@@ -105,7 +105,8 @@ FACTORIES: dict[str, list[tuple[str, Callable[[], Any]]] | None] = {
             ),
         )
     ],
-    # optax's names (gradtx/_optax_names.py, gradtx/_eta.py), each with its defaults
+    # optax's names (gradtx/_optimizers/optax_names.py, gradtx/schedules/_learning_rate.py),
+    # each with its defaults
     "scale_by_adam": [("scale_by_adam", lambda: gradtx.scale_by_adam())],
     "scale_by_adamax": [("scale_by_adamax", lambda: gradtx.scale_by_adamax())],
     "scale_by_amsgrad": [("scale_by_amsgrad", lambda: gradtx.scale_by_amsgrad())],

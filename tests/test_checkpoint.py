@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import gradtx
-from gradtx._checkpoint import BUILDER_KEY
+from gradtx._interop.checkpoint import BUILDER_KEY
 
 serialization = pytest.importorskip("flax.serialization")
 ocp = pytest.importorskip("orbax.checkpoint")
@@ -156,10 +156,10 @@ def test_registration_without_user_call():
     """Importing flax after gradtx is enough: the first state built registers State."""
     flax_after = (
         "import sys, gradtx, jax.numpy as jnp\n"
-        "from gradtx import _state\n"
+        "from gradtx._core import flax_hook\n"
         "gradtx.adam(1e-3).init({'w': jnp.ones(2)})\n"
         "assert 'flax' not in sys.modules, 'gradtx imported flax'\n"
-        "assert not _state._flax_registered\n"
+        "assert not flax_hook.registered\n"
         "from flax import serialization\n"
         "s = gradtx.adam(1e-3).init({'w': jnp.ones(2)})\n"
         "r = serialization.from_bytes(s, serialization.to_bytes(s))\n"
@@ -168,8 +168,8 @@ def test_registration_without_user_call():
     flax_before = (
         "from flax import serialization\n"
         "import gradtx\n"
-        "from gradtx import _state\n"
-        "assert _state._flax_registered\n"
+        "from gradtx._core import flax_hook\n"
+        "assert flax_hook.registered\n"
     )
     for code in (flax_after, flax_before):
         subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

@@ -281,3 +281,58 @@ def test_docs_site_loads_nothing_from_a_cdn():
         "https://unpkg.com/mathjax@3/es5/tex-mml-chtml.js",
     ]
     assert hooks.external_resources("<script src='//cdn.example/x.js'></script>")
+
+
+#: The API pages follow the package's layers: each page documents the names of its folders
+#: (docs/design.md#architecture). The knob base classes live in _core/knobs.py and are shown
+#: with their knobs; Packed and unpack (the data type, in _core/packed.py) with pack.
+PAGE_FOLDERS = {
+    "core.md": ("gradtx._core", "gradtx._interop"),
+    "direction.md": ("gradtx._direction", "gradtx._core.knobs"),
+    "scale.md": ("gradtx._scale", "gradtx._core.knobs"),
+    "schedules.md": ("gradtx.schedules",),
+    "stages.md": ("gradtx._stages",),
+    "optimizers.md": ("gradtx._optimizers",),
+    "packing.md": ("gradtx._packing", "gradtx._core.packed"),
+    "testing.md": ("gradtx.testing",),
+}
+
+
+def _defining_module(target: str) -> str:
+    """The module that defines a documented name (for constants without ``__module__``: the
+    module whose ``__all__`` lists it, searched among gradtx's loaded modules)."""
+    parts = target.split(".")
+    obj = importlib.import_module(parts[0])
+    for attr in parts[1:]:
+        obj = getattr(obj, attr)
+    if inspect.ismodule(obj):
+        return obj.__name__
+    module = getattr(obj, "__module__", None)
+    if isinstance(module, str) and module.startswith("gradtx"):
+        return module
+    owners = [
+        name
+        for name, m in sorted(sys.modules.items())
+        if name.startswith("gradtx.")
+        and parts[-1] in getattr(m, "__all__", ())
+        and getattr(m, parts[-1], None) is obj
+        and not name.endswith(("gradtx.schedules", "gradtx.testing"))
+    ]
+    assert owners, f"no module of gradtx defines {target}"
+    return owners[0]
+
+
+def test_api_pages_follow_the_folders():
+    pages = {p.name for p in (DOCS / "api").glob("*.md")} - {"index.md"}
+    assert pages == set(PAGE_FOLDERS), (
+        f"pages without a folder, or gone: {pages ^ set(PAGE_FOLDERS)}"
+    )
+    index = (DOCS / "api" / "index.md").read_text("utf-8")
+    misplaced = []
+    for page, folders in PAGE_FOLDERS.items():
+        assert f"]({page})" in index, f"docs/api/index.md does not link {page}"
+        for target in DIRECTIVE.findall((DOCS / "api" / page).read_text("utf-8")):
+            module = _defining_module(target)
+            if not any(module == f or module.startswith(f + ".") for f in folders):
+                misplaced.append(f"{page}: {target} (defined in {module})")
+    assert not misplaced, f"names documented on another folder's page: {misplaced}"

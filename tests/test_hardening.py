@@ -14,9 +14,9 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec
 
 import gradtx
-from gradtx._base import Stage
-from gradtx._optimizer import naming
-from gradtx._struct import Struct, _snake
+from gradtx._core.stage import Stage
+from gradtx._core.struct import Struct, _snake
+from gradtx._optimizers.builder import naming
 
 W1 = {"w": jnp.ones(1, jnp.float32)}
 W3 = {"w": jnp.ones(3, jnp.float32)}

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 import gradtx
-from gradtx._tree import flatten, path_str
+from gradtx._core.tree import flatten, path_str
 
 PARAMS = {
     "a": jnp.asarray([0.5, 1.0, 1.5, 2.0]),

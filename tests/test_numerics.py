@@ -213,7 +213,7 @@ def test_meta_gradient_with_zero_gradient_element(name, factory):
 
 def test_safe_sqrt():
     """Value of sqrt; derivative 1/(2√x) for x > 0 and 0 at x = 0 (forward and reverse)."""
-    from gradtx._scale import safe_sqrt
+    from gradtx._core.numerics import safe_sqrt
 
     x = jnp.array([0.0, 4.0], jnp.float32)
     np.testing.assert_array_equal(safe_sqrt(x), [0.0, 2.0])

@@ -13,8 +13,8 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import gradtx
-from gradtx._clipping import AdaptiveGradClip
-from gradtx._struct import static
+from gradtx._core.struct import static
+from gradtx._stages.clipping import AdaptiveGradClip
 
 
 def _params(seed: int = 0) -> dict:
@@ -305,7 +305,7 @@ def test_leafwise_stages_reduce_per_segment(make, sizes):
     one run of equal-sized leaves as a block, a few runs (``pack`` sorts leaves by shape, so
     sizes 3..6 interleaved become 4 runs) block by block, and more than MAX_RUNS distinct sizes
     through one segment_sum."""
-    from gradtx._packed_tx import MAX_RUNS, _runs
+    from gradtx._core.pieces import MAX_RUNS, _runs
 
     n = MAX_RUNS + 8
     shapes = {
@@ -373,7 +373,7 @@ def test_segment_sums_of_small_leaves_are_exact(count):
     """Regression: broadcasting each run's sums and concatenating them, read twice by one
     fusion (``where(s == 0, 1, s / t)``, as the trust ratio does), was miscompiled by XLA:CPU
     for small leaves (jaxlib 0.10.2: a segfault or wrong values). Compared with float64."""
-    from gradtx._base import Context, SegmentContext
+    from gradtx._core.context import Context, SegmentContext
 
     shapes = [(s,) for s in (3, 4, 5, 6) for _ in range(count)]
     x = jnp.arange(sum(s[0] for s in shapes), dtype=jnp.float32) % 7
@@ -395,8 +395,8 @@ def test_segment_sums_of_small_leaves_are_exact(count):
 
 
 def test_segment_reductions_refuse_buffers_beyond_int32():
-    from gradtx._packed_tx import leaf_ids
-    from gradtx._packing import Group
+    from gradtx._core.packed import Group
+    from gradtx._core.pieces import leaf_ids
 
     n = 2**31
     big = Group("float32", (0, 1), (0, n // 2), ((n // 2,), (n // 2,)), n)
@@ -409,8 +409,8 @@ def test_leaf_ids_are_exact(case):
     """The leaf of every element, against NumPy: compare-all search with a corrected float
     quotient (few runs), a binary search (more than MAX_RUNS runs), and integer division in a
     run longer than the float path's limit."""
-    from gradtx._packed_tx import MAX_RUNS, leaf_ids
-    from gradtx._packing import Group
+    from gradtx._core.packed import Group
+    from gradtx._core.pieces import MAX_RUNS, leaf_ids
 
     sizes = {
         "few_runs": [7] * 30 + [9] * 30 + [100] * 5,
@@ -429,8 +429,8 @@ def test_leaf_ids_are_exact(case):
 def test_leaf_ids_survive_an_inexact_float_division(monkeypatch):
     """GPU/TPU float32 division may be a few ulp off; the integer correction makes the leaf
     ids exact anyway. Simulated here with a quotient pushed 3 ulp down (and up)."""
-    from gradtx import _packed_tx
-    from gradtx._packing import Group
+    from gradtx._core import pieces as _packed_tx
+    from gradtx._core.packed import Group
 
     sizes = sum(([n] * 7 for n in range(3, 60)), [])
     offsets = tuple(int(o) for o in np.concatenate([[0], np.cumsum(sizes)[:-1]]))

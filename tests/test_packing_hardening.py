@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 
 import gradtx
-from gradtx import _packing
+from gradtx._core import packed as _packing
 
 serialization = pytest.importorskip("flax.serialization")
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import gradtx
-from gradtx._base import INT32_MAX
+from gradtx._core.stage import INT32_MAX
 
 
 def _params():

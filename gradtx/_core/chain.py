@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._base import GradientTransformation
-from ._state import State
-from ._struct import static
-from ._tree import TransformError
+from .state import State
+from .struct import static
+from .transformation import GradientTransformation
+from .tree import TransformError
 
 __all__ = ["Chain", "chain", "stage_name"]
 

@@ -23,8 +23,9 @@ from typing import Any, ClassVar
 import jax
 import jax.numpy as jnp
 
-from ._base import Context, Stage
-from ._struct import Struct, static
+from .context import Context
+from .stage import Stage
+from .struct import Struct, static
 
 __all__ = ["Knob", "Direction", "Scale", "Knobs"]
 

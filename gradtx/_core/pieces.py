@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._packing import Group, concat, segment
+from .packed import Group, concat, segment
 
 __all__ = ["stages_of", "pieces", "init_pieces", "update_pieces", "leaf_sums"]
 

@@ -1,53 +1,39 @@
-"""The transformation protocol and :class:`Stage`, a rule for one array lifted to pytrees once.
+"""A :class:`Stage`: a rule for one array, lifted to pytrees once for every stage alike.
 
-Protocol (the same as optax, so flax and optax accept gradtx unchanged)::
-
-    state = tx.init(params)
-    updates, state = tx.update(grads, state, params=None, **extra)
-    params = gradtx.apply_updates(params, updates)
-
-A :class:`Stage` is written for one array: ``init_leaf(param) -> {slot: array}`` and
-``update_leaf(g, slots, param, ctx) -> (g, slots)``. The lifting here does the rest for every
-stage alike: ``None`` leaves and masked-out leaves pass through and hold no state, structure and
-dtype errors name the stage and the leaf path, the per-leaf math runs in at least float32 and
-is cast back so updates keep their dtype and state keeps its dtype, scheduled hyperparameters
-are evaluated at the step count, and the step counter (int32) saturates instead of overflowing.
+A stage is written for one array: ``init_leaf(param) -> {slot: array}`` and
+``update_leaf(g, slots, param, ctx) -> (g, slots)``. The lifting here does the rest: ``None``
+leaves and masked-out leaves pass through and hold no state, structure and dtype errors name the
+stage and the leaf path, the per-leaf math runs in at least float32 and is cast back so updates
+keep their dtype and state keeps its dtype, scheduled hyperparameters are evaluated at the step
+count, the step counter (int32) saturates instead of overflowing, and packed buffers
+(:mod:`gradtx._core.packed`) run whole or per stack of equal shapes (:mod:`gradtx._core.pieces`).
 """
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
 
-from ._packed_tx import init_pieces, leaf_sums, update_pieces
-from ._packing import flat_segments, logical_tree, packed_mask
-from ._state import State
-from ._struct import FrozenTree, Struct, has_schedule, resolve, static
-from ._tree import (
+from .context import Context, SegmentContext
+from .numerics import compute_dtype
+from .packed import flat_segments, logical_tree, packed_mask
+from .pieces import init_pieces, update_pieces
+from .state import State
+from .struct import FrozenTree, has_schedule, resolve
+from .transformation import GradientTransformation
+from .tree import (
     TransformError,
     check_float_leaves,
     check_structure,
     flatten,
-    is_none,
     is_own_error,
     path_str,
 )
 
-__all__ = [
-    "GradientTransformation",
-    "Stage",
-    "Context",
-    "apply_updates",
-    "increment",
-    "one_minus_pow",
-    "INT32_MAX",
-    "scalar_like",
-    "slot_shapes",
-]
+__all__ = ["Stage", "increment", "INT32_MAX", "scalar_like", "slot_shapes"]
 
 INT32_MAX = 2**31 - 1
 
@@ -77,119 +63,6 @@ def increment(count: jax.Array) -> jax.Array:
     return jnp.where(count < INT32_MAX, count + 1, count).astype(jnp.int32)
 
 
-class GradientTransformation(Struct):
-    """Base of every gradtx transformation: a frozen, hashable value with ``init``/``update``.
-
-    As in optax, ``GradientTransformation(init_fn, update_fn)`` builds a transformation from
-    two functions (a :class:`FunctionTransformation`); subclasses are built from their fields.
-    """
-
-    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
-        if cls is GradientTransformation and (args or kwargs):
-            return object.__new__(FunctionTransformation)
-        return object.__new__(cls)
-
-    def init(self, params: Any) -> Any:
-        raise NotImplementedError
-
-    def update(
-        self, updates: Any, state: Any, params: Any | None = None, **extra: Any
-    ) -> tuple[Any, Any]:
-        raise NotImplementedError
-
-
-class FunctionTransformation(GradientTransformation):
-    """A transformation made of two functions, ``init_fn(params) -> state`` and
-    ``update_fn(updates, state, params=None, **extra) -> (updates, state)``, as optax's
-    ``GradientTransformation(init_fn, update_fn)``.
-
-    Both functions are static (hashed by identity). Keyword arguments of ``update`` reach
-    ``update_fn`` when it accepts them (by name, or all of them with ``**kwargs``) and are
-    dropped otherwise, as optax's ``with_extra_args_support`` does.
-    """
-
-    name = "function_transformation"
-    init_fn: Any = static()
-    update_fn: Any = static()
-
-    def init(self, params: Any) -> Any:
-        return self.init_fn(params)
-
-    def update(
-        self, updates: Any, state: Any, params: Any | None = None, **extra: Any
-    ) -> tuple[Any, Any]:
-        if extra:
-            extra = _accepted_kwargs(self.update_fn, extra)
-        return self.update_fn(updates, state, params, **extra)
-
-
-def _accepted_kwargs(fn: Any, extra: dict[str, Any]) -> dict[str, Any]:
-    try:
-        params = inspect.signature(fn).parameters.values()
-    except (TypeError, ValueError):  # no signature: pass everything
-        return extra
-    if any(p.kind is p.VAR_KEYWORD for p in params):
-        return extra
-    names = {p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
-    return {k: v for k, v in extra.items() if k in names}
-
-
-class Context:
-    """What a per-array rule may read besides its own array: the step and global values.
-
-    Besides the attributes below, every value returned by the stage's :meth:`Stage.prepare`
-    (e.g. a global norm) is an attribute, in the rule's compute dtype.
-
-    Attributes:
-      step: int32 number of updates already applied (0 at the first update), or ``None`` when
-        the stage keeps no counter.
-      t: ``step + 1`` (saturating at the int32 maximum) as a float in the rule's compute dtype
-        (for bias corrections), or ``None``.
-      extra: the keyword arguments given to ``update``.
-    """
-
-    def __getattr__(self, name: str) -> Any:  # only called for names prepare() did not give
-        given = sorted(k for k in vars(self) if k not in ("step", "t", "extra") and k[0] != "_")
-        raise AttributeError(
-            f"Context has no value {name!r} (values come from the stage's prepare(); "
-            f"this one gave {given})"
-        )
-
-    def __init__(self, step: Any, t: Any, values: Mapping[str, Any], extra: Mapping[str, Any]):
-        self.step = step
-        self.t = t
-        self.extra = extra
-        self.__dict__.update(values)
-
-    def leaf_sum(self, x: jax.Array) -> jax.Array:
-        """The sum of ``x`` over the whole parameter array, broadcastable against ``x``.
-
-        A rule that reduces only through this and :meth:`leaf_mean` can declare
-        :attr:`Stage.leafwise`: on a packed buffer it then gets each leaf's own sum per element.
-        """
-        return jnp.sum(x)
-
-    def leaf_mean(self, x: jax.Array) -> jax.Array:
-        """The mean of ``x`` over the whole parameter array (see :meth:`leaf_sum`)."""
-        return jnp.mean(x)
-
-
-class SegmentContext(Context):
-    """The context of a :attr:`Stage.leafwise` rule run on a whole packed buffer: the same
-    values, but ``leaf_sum``/``leaf_mean`` reduce over each leaf's segment of the buffer and
-    return one value per element."""
-
-    def __init__(self, base: Context, group: Any):
-        self.__dict__.update(vars(base))
-        self._group = group
-
-    def leaf_sum(self, x: jax.Array) -> jax.Array:
-        return leaf_sums(x, self._group)
-
-    def leaf_mean(self, x: jax.Array) -> jax.Array:
-        return leaf_sums(x, self._group, mean=True)
-
-
 class Stage(GradientTransformation):
     """A transformation written as a rule for one array; see the module docstring.
 
@@ -208,7 +81,7 @@ class Stage(GradientTransformation):
     #: The rule maps element ``i`` of ``g``, of each slot and of ``param`` to element ``i`` of
     #: its outputs alone (slots shaped like the array; global values read as scalars from
     #: ``prepare``). Such a rule runs once on a whole packed buffer; any other rule runs once
-    #: per stack of equal-shape leaves, vmapped (see :mod:`gradtx._packed_tx`). ``False`` is
+    #: per stack of equal-shape leaves, vmapped (see :mod:`gradtx._core.pieces`). ``False`` is
     #: always safe.
     elementwise: ClassVar[bool] = False
     #: The rule is elementwise except for reductions over the whole array, which it makes only
@@ -452,20 +325,6 @@ def slot_shapes(stage: Stage, shape: tuple[int, ...], dtype: Any) -> dict[str, t
     return shapes
 
 
-def one_minus_pow(b: Any, t: Any) -> jax.Array:
-    """``1 - b**t`` without cancellation: ``-expm1(t·log b)`` (bias corrections with b≈1).
-
-    For b = 0.999 in float32, ``1 - b**t`` is off by up to ~7e-6 relative; this form by ~1e-7.
-    """
-    return -jnp.expm1(t * jnp.log(b))
-
-
-def compute_dtype(dtype: Any) -> Any:
-    """``dtype`` widened to at least float32, whatever ``jax_numpy_dtype_promotion`` is set to."""
-    with jax.numpy_dtype_promotion("standard"):
-        return jnp.promote_types(dtype, jnp.float32)
-
-
 def _at_dtype(hp: Stage, step: Any, values: dict, extra: dict, dtype: Any) -> tuple[Stage, Context]:
     cast = lambda v: jnp.asarray(v, dtype)  # noqa: E731
     hp_c = jax.tree_util.tree_map(cast, hp)
@@ -473,33 +332,3 @@ def _at_dtype(hp: Stage, step: Any, values: dict, extra: dict, dtype: Any) -> tu
     # scalar (no copy of the donated count); equal to step + 1 below the int32 maximum.
     t = None if step is None else increment(step).astype(dtype)
     return hp_c, Context(step, t, jax.tree_util.tree_map(cast, values), extra)
-
-
-def apply_updates(params: Any, updates: Any) -> Any:
-    """``params + updates`` leaf by leaf, keeping each param's dtype, as ``optax.apply_updates``.
-
-    The rule: the result has the structure of ``params``. Where ``params`` has ``None`` (a
-    leaf, or the whole tree: ``apply_updates(None, updates)`` is ``None``), the result is
-    ``None`` whatever ``updates`` holds there; where ``updates`` has ``None``, the param is
-    kept. Elsewhere ``updates`` must have the params' structure and shapes (a
-    :class:`TransformError` names the leaf), and the sum is cast to the param's dtype.
-    """
-    treedef: Any = jax.tree_util.tree_structure(params, is_leaf=is_none)
-    try:
-        ups = treedef.flatten_up_to(updates)
-    except (ValueError, TypeError):
-        check_structure("apply_updates", "params", params, "updates", updates)
-        raise  # pragma: no cover  (check_structure raises for any mismatch flatten_up_to finds)
-    out = []
-    for (path, p), u in zip(flatten(params)[0], ups):
-        if p is None or u is None:
-            out.append(p)
-            continue
-        if jnp.shape(p) != jnp.shape(u):
-            raise TransformError(
-                f"gradtx.apply_updates: at {path_str(path)}, updates has shape {jnp.shape(u)} "
-                f"but params has shape {jnp.shape(p)}"
-            )
-        dtype = jnp.result_type(p)
-        out.append(jnp.asarray(p + jnp.asarray(u).astype(dtype)).astype(dtype))
-    return treedef.unflatten(out)

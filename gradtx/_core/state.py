@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import jax
 
-__all__ = ["State", "builder", "with_builder"]
+from . import flax_hook
 
-#: Whether State is registered with flax.serialization (see gradtx/_checkpoint.py).
-_flax_registered = False
+__all__ = ["State", "builder", "with_builder"]
 
 
 class State(dict):
@@ -31,40 +30,32 @@ class State(dict):
     A state may also record what built it (:func:`builder`; e.g. ``"adam(Ema, AdamScale)"``
     for the state of :func:`gradtx.adam`). The record is static pytree data, not a leaf: it
     survives ``jit``, ``tree_map`` and ``eval_shape`` and adds no entry or leaf path; msgpack
-    checkpoints store it and check it on restore (see :mod:`gradtx._checkpoint`).
+    checkpoints store it and check it on restore (see :mod:`gradtx._interop.checkpoint`).
+
+    The entries are the ``dict``'s own (insertion-ordered) storage; nothing else is kept but
+    the builder record.
     """
 
-    __slots__ = ("_names", "_values", "_builder")
+    __slots__ = ("_builder",)
 
     def __init__(self, entries: Mapping[str, Any] | None = None, /, **kwargs: Any) -> None:
-        items = dict(entries or {}, **kwargs)
-        dict.__init__(self, items)
-        object.__setattr__(self, "_names", tuple(items))
-        object.__setattr__(self, "_values", tuple(items.values()))
+        dict.__init__(self, entries or {}, **kwargs)
         object.__setattr__(self, "_builder", None)
-        if not _flax_registered and "flax.serialization" in sys.modules:
-            _register_with_flax()
+        if not flax_hook.registered and "flax.serialization" in sys.modules:
+            flax_hook.maybe_register()
 
     # --- access -------------------------------------------------------------------------------
     def __getattr__(self, name: str) -> Any:
-        names = object.__getattribute__(self, "_names")
-        if name in names:
-            return object.__getattribute__(self, "_values")[names.index(name)]
-        raise AttributeError(f"State has no entry {name!r}; entries: {', '.join(names) or 'none'}")
+        try:
+            return dict.__getitem__(self, name)
+        except KeyError:
+            names = ", ".join(dict.keys(self)) or "none"
+            raise AttributeError(f"State has no entry {name!r}; entries: {names}") from None
 
     def __getitem__(self, key: str | int) -> Any:
         if isinstance(key, int):
-            return self._values[key]
-        try:
-            return self._values[self._names.index(key)]
-        except ValueError:
-            raise KeyError(key) from None
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._names)
-
-    def __len__(self) -> int:
-        return len(self._names)
+            return list(dict.values(self))[key]
+        return dict.__getitem__(self, key)
 
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError("State is immutable; use state.replace(name=value)")
@@ -75,34 +66,19 @@ class State(dict):
     __setitem__ = __delitem__ = __ior__ = _immutable
     clear = pop = popitem = setdefault = update = _immutable
 
-    def __contains__(self, key: object) -> bool:
-        return key in self._names
-
-    def keys(self):
-        return Mapping.keys(self)
-
-    def values(self):
-        return Mapping.values(self)
-
-    def items(self):
-        return Mapping.items(self)
-
-    def get(self, key: Any, default: Any = None) -> Any:
-        return self[key] if key in self._names else default
-
     def copy(self) -> State:
         return self
 
     def replace(self, **changes: Any) -> State:
         """A copy with some entries replaced (names must exist)."""
-        unknown = set(changes) - set(self._names)
+        unknown = set(changes) - set(dict.keys(self))
         if unknown:
             raise KeyError(f"State has no entries {sorted(unknown)}")
-        new = State({n: changes.get(n, v) for n, v in zip(self._names, self._values)})
+        new = State({n: changes.get(n, v) for n, v in dict.items(self)})
         return with_builder(new, self._builder)
 
     def __reduce__(self) -> tuple:
-        return (_rebuild, (dict(zip(self._names, self._values)), self._builder))
+        return (_rebuild, (dict(self), self._builder))
 
     def __ne__(self, other: object) -> bool:
         eq = self.__eq__(other)
@@ -111,14 +87,14 @@ class State(dict):
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, State):
             return False if isinstance(other, dict) else NotImplemented
-        return self._names == other._names and all(
-            a is b or _eq(a, b) for a, b in zip(self._values, other._values)
+        return tuple(dict.keys(self)) == tuple(dict.keys(other)) and all(
+            a is b or _eq(a, b) for a, b in zip(dict.values(self), dict.values(other))
         )
 
     __hash__ = None  # holds arrays
 
     def __repr__(self) -> str:
-        inner = ", ".join(f"{n}={_short(v)}" for n, v in zip(self._names, self._values))
+        inner = ", ".join(f"{n}={_short(v)}" for n, v in dict.items(self))
         return f"State({inner})"
 
 
@@ -131,19 +107,13 @@ def with_builder(state: State, tag: str | None) -> State:
     """``state`` with the record of what built it set to ``tag`` (the same entries)."""
     if tag is None and builder(state) is None:
         return state
-    new = State(dict(zip(state._names, state._values)))
+    new = State(dict(state))
     object.__setattr__(new, "_builder", tag)
     return new
 
 
 def _rebuild(entries: dict, tag: str | None) -> State:
     return with_builder(State(entries), tag)
-
-
-def _register_with_flax() -> None:
-    from ._checkpoint import register_if_flax_loaded  # noqa: PLC0415  (import cycle)
-
-    register_if_flax_loaded()
 
 
 def _eq(a: Any, b: Any) -> bool:
@@ -175,7 +145,8 @@ def _short(value: Any) -> str:
 
 
 def _aux(s: State) -> tuple:
-    return (s._names, s._builder) if s._builder is not None else s._names
+    names = tuple(dict.keys(s))
+    return (names, s._builder) if s._builder is not None else names
 
 
 def _unflatten(aux: tuple, values: Any) -> State:
@@ -186,7 +157,7 @@ def _unflatten(aux: tuple, values: Any) -> State:
 
 jax.tree_util.register_pytree_with_keys(
     State,
-    lambda s: ([(jax.tree_util.GetAttrKey(n), v) for n, v in zip(s._names, s._values)], _aux(s)),
+    lambda s: ([(jax.tree_util.GetAttrKey(n), v) for n, v in dict.items(s)], _aux(s)),
     _unflatten,
-    lambda s: (list(s._values), _aux(s)),
+    lambda s: (list(dict.values(s)), _aux(s)),
 )

@@ -6,12 +6,12 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any
 
-from ._chain import Chain
-from ._eta import ScaleByLearningRate
-from ._knobs import Direction, Knobs, Scale
-from ._state import State, builder, with_builder
-from ._struct import is_schedule_like, static
-from ._tree import TransformError, is_own_error, renamed
+from .._core.chain import Chain
+from .._core.knobs import Direction, Knobs, Scale
+from .._core.state import State, builder, with_builder
+from .._core.struct import is_schedule_like, static
+from .._core.tree import TransformError, is_own_error, renamed
+from ..schedules._learning_rate import ScaleByLearningRate
 
 __all__ = ["Optimizer", "optimizer", "naming"]
 
@@ -107,7 +107,7 @@ def _naming_use(name: str) -> Iterator[None]:
     """Names the optimizer in the errors its stages raise on bad input to init/update.
 
     ``gradtx.knobs: at ['w'] ...`` becomes ``gradtx.adam (knobs): at ['w'] ...``. Only gradtx's
-    own validation errors are renamed (:func:`gradtx._tree.is_own_error`); errors that already
+    own validation errors are renamed (:func:`gradtx._core.tree.is_own_error`); errors that already
     name this optimizer, and every foreign exception (JAX's tracer errors, a user's schedule
     raising), pass through unchanged: the same object.
     """

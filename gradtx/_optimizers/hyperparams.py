@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._base import Stage
-from ._chain import Chain
-from ._eta import ScaleByLearningRate
-from ._struct import Struct, fields, hyper_fields, resolve
+from .._core.chain import Chain
+from .._core.stage import Stage
+from .._core.struct import Struct, fields, hyper_fields, resolve
+from ..schedules._learning_rate import ScaleByLearningRate
 
 __all__ = ["hyperparams", "current_learning_rate"]
 

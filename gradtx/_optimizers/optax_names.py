@@ -3,7 +3,8 @@
 Each function has ``optax.<name>``'s signature and meaning and returns one :class:`~gradtx.Knobs`
 stage named after the function (its errors say ``gradtx.scale_by_adam``, and in a chain its state
 is ``state.scale_by_adam``). ``identity``, ``set_to_zero`` and ``scale_by_schedule`` live with
-the η knob in :mod:`gradtx._eta`. docs/migration.md has the table of every optax name.
+the η knob in :mod:`gradtx.schedules._learning_rate`. docs/migration.md has the table of every
+optax name.
 """
 
 from __future__ import annotations
@@ -13,15 +14,17 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from ._adafactor import FactoredScale
-from ._alias import _adam_direction
-from ._direction import Ema, Lion, Momentum, Sign
-from ._knobs import Direction, Knobs, Scale
-from ._optimizer import naming
-from ._scale import AdamaxScale, AdamScale, RMSPropScale
-from ._scale_optax import OptaxAmsgradScale, RssScale
-from ._scale_variants import AdaBeliefScale, AdadeltaScale, RAdamScale, YogiScale
-from ._struct import hyper
+from .._core.knobs import Direction, Knobs, Scale
+from .._core.struct import hyper
+from .._direction.momentum import Ema, Momentum
+from .._direction.sign import Lion, Sign
+from .._scale.adam import AdamaxScale, AdamScale
+from .._scale.factored import FactoredScale
+from .._scale.optax_forms import OptaxAmsgradScale, RssScale
+from .._scale.rms import RMSPropScale
+from .._scale.variants import AdaBeliefScale, AdadeltaScale, RAdamScale, YogiScale
+from .adam import adam_direction
+from .builder import naming
 
 __all__ = [
     "scale_by_adam",
@@ -89,7 +92,7 @@ def scale_by_adam(
     """
     with naming("scale_by_adam", decay="b1"):
         scale = AdamScale(b2, eps, eps_root)
-        return _stage("scale_by_adam", _adam_direction(b1, nesterov, mu_dtype), scale)
+        return _stage("scale_by_adam", adam_direction(b1, nesterov, mu_dtype), scale)
 
 
 def scale_by_adamax(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> Knobs:
@@ -140,7 +143,7 @@ def scale_by_belief(
     """
     with naming("scale_by_belief", decay="b1"):
         scale = AdaBeliefScale(b2, eps, eps_root)
-        return _stage("scale_by_belief", _adam_direction(b1, nesterov), scale)
+        return _stage("scale_by_belief", adam_direction(b1, nesterov), scale)
 
 
 def scale_by_yogi(
@@ -177,7 +180,7 @@ def scale_by_radam(
     """
     with naming("scale_by_radam", decay="b1"):
         scale = RAdamScale(b2, eps, eps_root, threshold)
-        return _stage("scale_by_radam", _adam_direction(b1, nesterov), scale)
+        return _stage("scale_by_radam", adam_direction(b1, nesterov), scale)
 
 
 def _rms(name: str, decay, eps, initial_scale, eps_in_sqrt, bias_correction, centered) -> Knobs:

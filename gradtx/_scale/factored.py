@@ -9,10 +9,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._base import Context
-from ._knobs import Scale
-from ._scale import abs_sq, moment_dtype, real, safe_sqrt, step_sharding
-from ._struct import hyper, static
+from .._core.context import Context
+from .._core.knobs import Scale
+from .._core.numerics import abs_sq, real, safe_sqrt
+from .._core.struct import hyper, static
+from .common import moment_dtype, step_sharding
 
 __all__ = ["FactoredScale", "factored_dims"]
 

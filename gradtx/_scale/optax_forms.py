@@ -2,7 +2,7 @@
 
 :class:`~gradtx.AdagradScale` and :class:`~gradtx.AmsgradScale` follow ``torch.optim``; the
 optax-named transformations (``gradtx.scale_by_rss``, ``gradtx.scale_by_amsgrad``) must mean
-what optax's do, so they are built from these. Same symbols as :mod:`gradtx._scale`.
+what optax's do, so they are built from these. Same symbols as :mod:`gradtx._scale.adam`.
 """
 
 from __future__ import annotations
@@ -10,9 +10,10 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from ._base import Context, one_minus_pow
-from ._knobs import Scale
-from ._struct import hyper, static
+from .._core.context import Context
+from .._core.knobs import Scale
+from .._core.numerics import one_minus_pow
+from .._core.struct import hyper, static
 
 __all__ = ["RssScale", "OptaxAmsgradScale"]
 

@@ -2,7 +2,8 @@
 
 Each returns ``m_t / σ_t`` from the direction ``m_t`` (debiased EMA for the Adam family) and
 keeps its statistic per parameter. ``t = step + 1``. Complex parameters, float16 statistics
-(stored in float32), overflow-safe squares and safe roots as described in :mod:`gradtx._scale`.
+(stored in float32), overflow-safe squares and safe roots as described in
+:mod:`gradtx._scale.common`.
 """
 
 from __future__ import annotations
@@ -10,10 +11,11 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from ._base import Context, one_minus_pow
-from ._knobs import Scale
-from ._scale import debiased_root, moment_full, real, safe_sqrt, scaled_sq
-from ._struct import hyper
+from .._core.context import Context
+from .._core.knobs import Scale
+from .._core.numerics import one_minus_pow, real, safe_sqrt
+from .._core.struct import hyper
+from .common import debiased_root, moment_full, scaled_sq
 
 __all__ = ["AdaBeliefScale", "YogiScale", "AdadeltaScale", "RAdamScale"]
 

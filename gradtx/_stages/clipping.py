@@ -7,11 +7,12 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from ._base import Context, Stage, compute_dtype
-from ._scale import abs_sq, safe_sqrt
-from ._state import State
-from ._struct import hyper, static
-from ._tree import TransformError, flatten
+from .._core.context import Context
+from .._core.numerics import abs_sq, compute_dtype, safe_sqrt
+from .._core.stage import Stage
+from .._core.state import State
+from .._core.struct import hyper, static
+from .._core.tree import TransformError, flatten
 
 __all__ = [
     "Clip",

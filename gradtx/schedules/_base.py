@@ -7,7 +7,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from .._struct import Struct
+from .._core.struct import Struct
 
 __all__ = ["Schedule", "as_step"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from .._struct import hyper, static
+from .._core.struct import hyper, static
 from ._base import Schedule
 from ._util import elapsed, remaining, set_steps
 

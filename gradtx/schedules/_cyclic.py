@@ -11,7 +11,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from .._struct import hyper, static
+from .._core.struct import hyper, static
 from ._base import Schedule
 from ._util import (
     INT_MAX,

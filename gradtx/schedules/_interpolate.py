@@ -9,7 +9,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from .._struct import Struct, hyper, static
+from .._core.struct import Struct, hyper, static
 from ._base import Schedule
 from ._util import concrete, elapsed, fail, half_cosine, reached, remaining, set_choice
 

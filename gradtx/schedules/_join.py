@@ -9,7 +9,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from .._struct import is_schedule_like, static
+from .._core.struct import is_schedule_like, static
 from ._base import Schedule
 from ._util import INT_MAX, fail, reached
 

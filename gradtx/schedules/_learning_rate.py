@@ -11,8 +11,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from ._base import Context, Stage
-from ._struct import hyper, static
+from .._core.context import Context
+from .._core.stage import Stage
+from .._core.struct import hyper, static
 
 __all__ = [
     "ConstantScale",

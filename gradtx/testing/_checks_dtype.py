@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._tree import flatten, path_str
+from .._core.tree import flatten, path_str
 from ._common import (
     abstract_params,
     cast_params,

@@ -33,7 +33,7 @@ try:  # explicit sharding (jax.sharding.AxisType, jax.set_mesh) is new in JAX 0.
 except ImportError:  # pragma: no cover
     AxisType = None  # type: ignore[misc,assignment]
 
-from .._tree import flatten, path_str
+from .._core.tree import flatten, path_str
 from ._common import guard, make_grads, new_report, standard_promotion, stepper
 from ._report import CheckReport
 

@@ -8,7 +8,7 @@ from typing import Any, NamedTuple
 import jax.numpy as jnp
 import numpy as np
 
-from .._tree import flatten
+from .._core.tree import flatten
 from ._common import (
     assert_close,
     describe_difference,

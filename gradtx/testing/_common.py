@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._tree import _describe_mismatch, flatten, path_str
+from .._core.tree import _describe_mismatch, flatten, path_str
 from ._report import CheckFailure, CheckReport
 
 __all__ = [

@@ -1,0 +1,1 @@
+"""Interoperation with the libraries around gradtx: flax and orbax checkpoints."""

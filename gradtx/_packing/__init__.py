@@ -1,0 +1,1 @@
+"""Packing: building the packed layout (:func:`gradtx.pack`) from a params tree."""

@@ -1,0 +1,1 @@
+"""Stages used before or after the knobs: clipping, weight decay, trust ratios."""
