@@ -5,7 +5,7 @@
 
 from . import schedules as schedules
 
-# _core: the protocol, Stage and Context, named State, chains, the knob base classes
+# _core: the protocol, Stage and Context, named State, chains, the knob bases, packed data
 from ._core.chain import Chain as Chain
 from ._core.chain import chain as chain
 from ._core.context import Context as Context
@@ -30,7 +30,8 @@ from ._direction.momentum import NesterovEma as NesterovEma
 from ._direction.sign import Lion as Lion
 from ._direction.sign import Sign as Sign
 
-# packing and checkpoints
+# checkpoints (importing this registers State and Packed with flax.serialization as soon
+# as flax is in use; see gradtx/_core/flax_hook.py)
 from ._interop.checkpoint import register_flax_serialization as register_flax_serialization
 
 # named optimizers, the builder, optax's scale_by_* names, inspection
@@ -71,6 +72,8 @@ from ._optimizers.sgd import sgd as sgd
 from ._optimizers.sgd import sign_sgd as sign_sgd
 from ._optimizers.trust_ratio import lamb as lamb
 from ._optimizers.trust_ratio import lars as lars
+
+# building the packed layout
 from ._packing.pack import DEFAULT_THRESHOLD as DEFAULT_THRESHOLD
 from ._packing.pack import pack as pack
 from ._scale.adam import AdamaxScale as AdamaxScale
@@ -95,9 +98,15 @@ from ._stages.clipping import global_norm as global_norm
 from ._stages.trust_ratio import scale_by_trust_ratio as scale_by_trust_ratio
 from ._stages.weight_decay import add_decayed_weights as add_decayed_weights
 
-# (importing gradtx._interop.checkpoint registers State and Packed with flax.serialization as
-# soon as flax is in use; see gradtx/_core/flax_hook.py)
-# optax's schedule names at the top level, as optax has them (the same objects):
+# wrappers around any transformation (optax's names and semantics)
+from ._wrappers.finite import apply_if_finite as apply_if_finite
+from ._wrappers.masking import freeze as freeze
+from ._wrappers.masking import masked as masked
+from ._wrappers.partition import multi_transform as multi_transform
+from ._wrappers.partition import partition as partition
+
+# optax's schedule names at the top level, as optax has them (the same objects as in
+# gradtx.schedules)
 from .schedules import constant_schedule as constant_schedule
 from .schedules import cosine_decay_schedule as cosine_decay_schedule
 from .schedules import cosine_onecycle_schedule as cosine_onecycle_schedule

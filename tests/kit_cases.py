@@ -79,6 +79,33 @@ FACTORIES: dict[str, list[tuple[str, Callable[[], Any]]] | None] = {
     "clip_by_global_norm": [("clip_by_global_norm", lambda: gradtx.clip_by_global_norm(1.0))],
     "clip_by_block_rms": [("clip_by_block_rms", lambda: gradtx.clip_by_block_rms(1.0))],
     "adaptive_grad_clip": [("adaptive_grad_clip", lambda: gradtx.adaptive_grad_clip(0.01))],
+    # wrappers
+    "masked": [
+        ("masked_adam", lambda: gradtx.masked(gradtx.adam(1e-3), decay_mask)),
+    ],
+    "freeze": [("freeze", lambda: gradtx.freeze(decay_mask))],
+    "partition": [
+        (
+            "partition",
+            lambda: gradtx.partition(
+                {"matrix": gradtx.adamw(1e-3), "other": gradtx.sgd(0.1, momentum=0.9)},
+                lambda p: jax.tree_util.tree_map(
+                    lambda x: "matrix" if np.ndim(x) >= 2 else "other", p
+                ),
+            ),
+        )
+    ],
+    "multi_transform": [
+        (
+            "multi_transform",
+            lambda: gradtx.multi_transform(
+                {True: gradtx.adam(1e-3), False: gradtx.set_to_zero()}, decay_mask
+            ),
+        )
+    ],
+    "apply_if_finite": [
+        ("apply_if_finite", lambda: gradtx.apply_if_finite(gradtx.adam(1e-3), 2)),
+    ],
     "add_decayed_weights": [
         ("add_decayed_weights", lambda: gradtx.add_decayed_weights(1e-4, decay_mask))
     ],

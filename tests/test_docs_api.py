@@ -295,6 +295,7 @@ PAGE_FOLDERS = {
     "optimizers.md": ("gradtx._optimizers",),
     "packing.md": ("gradtx._packing", "gradtx._core.packed"),
     "testing.md": ("gradtx.testing",),
+    "wrappers.md": ("gradtx._wrappers",),
 }
 
 

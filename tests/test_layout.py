@@ -26,6 +26,7 @@ LAYERS = {
     "_interop": 1,  # flax/orbax checkpoints
     "testing": 1,  # the conformance kit: checks any transformation, needs only _core
     "_optimizers": 2,  # named optimizers, built from the knobs and stages
+    "_wrappers": 3,  # around any transformation: masking, partitions, skipping
 }
 TOP = "__init__"  # gradtx/__init__.py re-exports the public names: it may import anything
 

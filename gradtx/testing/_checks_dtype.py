@@ -55,9 +55,10 @@ def _policy_error(state: Any, dtype: np.dtype) -> str | None:
         elif jnp.issubdtype(aval.dtype, jnp.integer):
             if aval.dtype != jnp.int32:
                 return f"{where} has dtype {aval.dtype.name}; step counters should be int32"
-        else:
+        elif not (aval.dtype == jnp.bool_ and aval.ndim == 0):  # a scalar flag is fine
             return (
-                f"{where} has dtype {aval.dtype.name}; expected a floating slot or an int32 count"
+                f"{where} has dtype {aval.dtype.name}; expected a floating slot, an int32 count "
+                "or a scalar bool flag"
             )
     return None
 
@@ -111,7 +112,8 @@ def check_dtypes(
       the state from ``init``.
     - ``dtypes.policy`` (advisory): every floating state leaf has the param dtype or a wider
       one (more bytes: float32 moments for bfloat16 params are fine, float16 ones for float32
-      params are not), every integer one (a step counter) is int32, none is weakly typed.
+      params are not), every integer one (a step counter) is int32, every bool one is a
+      scalar flag, none is weakly typed.
     - ``dtypes.finite`` (advisory, with ``finite``): finite gradients give finite updates and
       state.
 

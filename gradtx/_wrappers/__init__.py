@@ -1,0 +1,2 @@
+"""Wrappers: transformations around another transformation (masking, partitions, skipping
+non-finite steps). Layer 3: they wrap any transformation, gradtx's or optax's."""

@@ -1,0 +1,100 @@
+"""What the wrappers share: the inner transformation as a pytree child, and prefix masks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+
+from .._core.chain import Foreign
+from .._core.packed import flat_segments
+from .._core.state import State
+from .._core.struct import FrozenTree
+from .._core.transformation import GradientTransformation
+from .._core.tree import TransformError, check_structure, is_none
+
+__all__ = ["check_args", "as_inner", "thaw", "full_mask", "select", "restore", "select_extra"]
+
+
+def as_inner(owner: str, tx: Any) -> GradientTransformation:
+    """``tx`` as a gradtx transformation: gradtx's as is (a pytree child, so its
+    hyperparameters stay traceable), another library's (optax) as static data."""
+    if isinstance(tx, GradientTransformation):
+        return tx
+    if callable(getattr(tx, "init", None)) and callable(getattr(tx, "update", None)):
+        return Foreign(tx)
+    raise TypeError(
+        f"gradtx.{owner}: inner must be a transformation (an object with init and update), "
+        f"got {type(tx).__name__}"
+    )
+
+
+def thaw(value: Any) -> Any:
+    return value.thaw() if isinstance(value, FrozenTree) else value
+
+
+def _is_callable_mask(mask: Any) -> bool:
+    return callable(mask) and not isinstance(mask, FrozenTree)
+
+
+def full_mask(owner: str, mask: Any, tree: Any, what: str = "mask") -> Any:
+    """``mask`` (a tree of values with the structure of ``tree`` or a prefix of it, or a
+    function of ``tree`` returning one) broadcast to one value per leaf of ``tree``."""
+    if tree is not None and flat_segments(tree) is not None:
+        raise TransformError(
+            f"gradtx.{owner}: the tree is packed (gradtx.pack); a {what} of a packed tree would "
+            "be one value per buffer, not per parameter, so it is refused. Use the mask of the "
+            "stages themselves (e.g. add_decayed_weights(mask=...)), which packing keeps exact, "
+            "or wrap the unpacked tree"
+        )
+    mask = thaw(mask)
+    if _is_callable_mask(mask):
+        mask = mask(tree)
+    try:
+        return jax.tree_util.tree_map(
+            lambda m, sub: jax.tree_util.tree_map(lambda _: m, sub, is_leaf=is_none),
+            mask,
+            tree,
+            is_leaf=is_none,
+        )
+    except (ValueError, TypeError) as e:
+        raise TransformError(
+            f"gradtx.{owner}: {what} does not match the parameter tree (it must have the "
+            f"params' structure or a prefix of it): {e}"
+        ) from None
+
+
+def select(full: Any, tree: Any, keep: Any = bool) -> Any:
+    """``tree`` with the leaves whose mask value fails ``keep`` replaced by ``None``."""
+    if tree is None:
+        return None
+    return jax.tree_util.tree_map(lambda m, x: x if keep(m) else None, full, tree, is_leaf=is_none)
+
+
+def restore(full: Any, new: Any, old: Any, keep: Any = bool) -> Any:
+    """``new`` where the mask value passes ``keep``, ``old`` elsewhere."""
+    return jax.tree_util.tree_map(
+        lambda m, n, o: n if keep(m) else o, full, new, old, is_leaf=is_none
+    )
+
+
+def select_extra(full: Any, extra: dict[str, Any], updates: Any, keep: Any = bool) -> dict:
+    """The keyword arguments of ``update`` with those shaped like ``updates`` selected as
+    :func:`select` does (optax's ``mask_compatible_extra_args``)."""
+    structure: Any = jax.tree_util.tree_structure(updates)
+    return {
+        k: select(full, v, keep) if jax.tree_util.tree_structure(v) == structure else v
+        for k, v in extra.items()
+    }
+
+
+def check_args(owner: str, state: Any, entries: tuple[str, ...], updates: Any, params: Any) -> None:
+    """Raises :class:`TransformError` naming ``owner`` if ``state`` is not a :class:`State`
+    with ``entries`` or ``params`` does not have the structure of ``updates``."""
+    if not isinstance(state, State) or any(e not in state for e in entries):
+        raise TransformError(
+            f"gradtx.{owner}: state is not this transformation's state (expected entries "
+            f"{list(entries)}, got {type(state).__name__})"
+        )
+    if params is not None:
+        check_structure(owner, "updates", updates, "params", params)
