@@ -99,6 +99,7 @@ from ._stages.trust_ratio import scale_by_trust_ratio as scale_by_trust_ratio
 from ._stages.weight_decay import add_decayed_weights as add_decayed_weights
 
 # wrappers around any transformation (optax's names and semantics)
+from ._wrappers.accumulation import MultiSteps as MultiSteps
 from ._wrappers.finite import apply_if_finite as apply_if_finite
 from ._wrappers.masking import freeze as freeze
 from ._wrappers.masking import masked as masked

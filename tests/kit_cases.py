@@ -103,6 +103,12 @@ FACTORIES: dict[str, list[tuple[str, Callable[[], Any]]] | None] = {
             ),
         )
     ],
+    "MultiSteps": [
+        (
+            "multi_steps",
+            lambda: gradtx.MultiSteps(gradtx.adam(1e-3), 2, accumulator_dtype=None),
+        ),
+    ],
     "apply_if_finite": [
         ("apply_if_finite", lambda: gradtx.apply_if_finite(gradtx.adam(1e-3), 2)),
     ],

@@ -248,10 +248,11 @@ def _wrappers():
         gradtx.freeze(MASK),
         gradtx.partition({"matrix": gradtx.adam(0.1), "vector": gradtx.sgd(0.1)}, _labels),
         gradtx.apply_if_finite(gradtx.adam(0.1), 3),
+        gradtx.MultiSteps(gradtx.adam(0.1), 3),
     ]
 
 
-@pytest.mark.parametrize("i", range(4))
+@pytest.mark.parametrize("i", range(5))
 def test_wrappers_are_hashable_values_and_trace_once(i):
     a, b = _wrappers()[i], _wrappers()[i]
     assert a == b and hash(a) == hash(b)
@@ -268,7 +269,7 @@ def test_wrappers_are_hashable_values_and_trace_once(i):
     assert len(traces) == 1
 
 
-@pytest.mark.parametrize("i", range(4))
+@pytest.mark.parametrize("i", range(5))
 def test_wrapper_state_msgpack_round_trip_continues_bit_identically(i):
     tx = _wrappers()[i]
     step = jax.jit(lambda g, s: tx.update(g, s, PARAMS))
@@ -283,7 +284,7 @@ def test_wrapper_state_msgpack_round_trip_continues_bit_identically(i):
     assert jax.tree_util.tree_structure(s1) == jax.tree_util.tree_structure(s2)
 
 
-@pytest.mark.parametrize("i", range(4))
+@pytest.mark.parametrize("i", range(5))
 def test_wrappers_name_themselves_on_bad_trees(i):
     tx = _wrappers()[i]
     state = tx.init(PARAMS)
@@ -349,3 +350,100 @@ def test_apply_if_finite_runs_on_packed_trees():
             np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-8)
     assert int(s.notfinite_count) == int(r.notfinite_count) == 0
     assert int(s.total_notfinite) == 1
+
+
+# --- MultiSteps -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "k", [1, 3, lambda step: jnp.where(step < 2, 2, 3)], ids=["k1", "k3", "schedule"]
+)
+@pytest.mark.parametrize("mean", [True, False], ids=["mean", "sum"])
+def test_multi_steps_equals_optax(k, mean):
+    ours, s1 = _run(gradtx.MultiSteps(gradtx.adam(0.1), k, mean), steps=10)
+    theirs, s2 = _run(
+        optax.MultiSteps(optax.adam(0.1), k, mean).gradient_transformation(), steps=10
+    )
+    _assert_runs_equal(ours, theirs)
+    assert int(s1.mini_step) == int(s2.mini_step)
+    assert int(s1.gradient_step) == int(s2.gradient_step)
+    _assert_runs_equal([s1.acc_grads], [s2.acc_grads])
+
+
+def test_multi_steps_with_optax_skip_function_equals_optax():
+    nan_at = (2, 5)
+    ours, s1 = _run(
+        gradtx.MultiSteps(gradtx.adam(0.1), 2, should_skip_update_fn=optax.skip_not_finite),
+        steps=9,
+        nan_at=nan_at,
+    )
+    theirs, s2 = _run(
+        optax.MultiSteps(
+            optax.adam(0.1), 2, should_skip_update_fn=optax.skip_not_finite
+        ).gradient_transformation(),
+        steps=9,
+        nan_at=nan_at,
+    )
+    _assert_runs_equal(ours, theirs)
+    assert int(s1.gradient_step) == int(s2.gradient_step) == 3  # (9 - 2 skipped) // 2
+    assert int(s1.skip_state["num_not_finite"]) == int(s2.skip_state["num_not_finite"])
+
+
+@pytest.mark.parametrize(
+    "make", [lambda: gradtx.sgd(0.1, 0.9), lambda: gradtx.adam(0.1)], ids=["sgd", "adam"]
+)
+def test_accumulating_k_micro_batches_equals_one_full_batch(make):
+    # The mean of k micro-batch gradients is the full batch's gradient (equal-sized batches).
+    k, steps = 4, 3
+    acc = gradtx.MultiSteps(make(), k)
+    full = make()
+    sa, sf = acc.init(PARAMS), full.init(PARAMS)
+    pa = pf = PARAMS
+    for t in range(steps):
+        micro = [_grads(10 * t + j) for j in range(k)]
+        for g in micro:
+            u, sa = acc.update(g, sa, pa)
+            pa = gradtx.apply_updates(pa, u)
+        mean = jax.tree_util.tree_map(lambda *x: sum(x) / k, *micro)
+        u, sf = full.update(mean, sf, pf)
+        pf = gradtx.apply_updates(pf, u)
+        for a, b in zip(jax.tree_util.tree_leaves(pa), jax.tree_util.tree_leaves(pf)):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)  # float32 summation order
+    # the inner optimizer's clock advanced once per optimizer step, not per micro-step
+    assert int(sa.gradient_step) == steps
+    if "count" in sa.inner_opt_state.knobs:  # adam's bias-correction clock
+        assert int(sa.inner_opt_state.knobs.count) == steps
+
+
+def test_multi_steps_has_optax_helpers_and_emits_zeros_between():
+    tx = gradtx.MultiSteps(gradtx.sgd(1.0), every_k_schedule=3)
+    assert tx.gradient_transformation() is tx and tx.inner_opt == gradtx.sgd(1.0)
+    state = tx.init(PARAMS)
+    flags = []
+    for i in range(6):
+        u, state = tx.update(_grads(i), state)
+        flags.append(bool(tx.has_updated(state)))
+        if not flags[-1]:
+            assert all(np.all(np.asarray(x) == 0) for x in jax.tree_util.tree_leaves(u))
+    assert flags == [False, False, True, False, False, True]
+
+
+def test_multi_steps_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="gradtx.multi_steps: every_k_schedule"):
+        gradtx.MultiSteps(gradtx.sgd(0.1), 0)
+    tx = gradtx.MultiSteps(gradtx.sgd(0.1), 2, should_skip_update_fn=lambda u, s, p: (1.0, ()))
+    with pytest.raises(gradtx.TransformError, match="should_skip_update_fn must return"):
+        tx.update(PARAMS, tx.init(PARAMS))
+
+
+def test_multi_steps_accumulator_dtype():
+    p16 = jax.tree_util.tree_map(lambda x: x.astype(jnp.bfloat16), PARAMS)
+    assert (
+        gradtx.MultiSteps(gradtx.sgd(0.1), 2).init(p16).acc_grads["dense"]["w"].dtype == jnp.float32
+    )
+    p64 = {"w": np.ones(3, np.float64)}
+    with jax.enable_x64(True):
+        s = gradtx.MultiSteps(gradtx.sgd(0.1), 2, accumulator_dtype=None).init(
+            jax.tree_util.tree_map(jnp.asarray, p64)
+        )
+        assert s.acc_grads["w"].dtype == jnp.float64
