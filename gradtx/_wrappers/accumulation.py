@@ -62,7 +62,7 @@ class MultiSteps(GradientTransformation):
     ``gradient_transformation()`` (which returns this value itself: it already is a
     transformation).
 
-    Args:
+    Attributes:
       opt: the wrapped gradtx or optax transformation.
       every_k_schedule: micro-steps per optimizer step: an int, or a function of the optimizer
         step count (an int32 array) returning one.
