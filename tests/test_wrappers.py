@@ -447,3 +447,21 @@ def test_multi_steps_accumulator_dtype():
             jax.tree_util.tree_map(jnp.asarray, p64)
         )
         assert s.acc_grads["w"].dtype == jnp.float64
+
+
+def test_multi_steps_runs_the_inner_update_only_when_it_emits():
+    # The module docstring's claim: inner.update runs on emitting micro-steps only (optax's
+    # runs it on every micro-step). Counted on the host from inside the compiled step.
+    calls = []
+
+    def update(updates, state, params=None):
+        jax.debug.callback(lambda: calls.append(1))
+        return updates, state
+
+    tx = gradtx.MultiSteps(gradtx.GradientTransformation(lambda p: (), update), 3)
+    step = jax.jit(tx.update)
+    state = tx.init(PARAMS)
+    for i in range(6):
+        _, state = step(_grads(i), state)
+    jax.effects_barrier()
+    assert len(calls) == 2

@@ -103,7 +103,7 @@ class Chain(GradientTransformation):
 
 def _entries(state: Any) -> list:
     if isinstance(state, State):
-        return [state[i] for i in range(len(state))]
+        return list(dict.values(state))
     return list(state)
 
 

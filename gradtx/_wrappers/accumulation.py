@@ -25,6 +25,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from .._core.numerics import compute_dtype
 from .._core.stage import increment, scalar_like
 from .._core.state import State
 from .._core.struct import static
@@ -122,8 +123,7 @@ class MultiSteps(GradientTransformation):
     def _acc_dtype(self, x: Any) -> Any:
         if self.accumulator_dtype is not None:
             return self.accumulator_dtype
-        with jax.numpy_dtype_promotion("standard"):
-            return jnp.promote_types(jnp.result_type(x), jnp.float32)
+        return compute_dtype(jnp.result_type(x))
 
     def _k(self, step: jax.Array) -> jax.Array:
         k = self.every_k_schedule
@@ -165,9 +165,6 @@ class MultiSteps(GradientTransformation):
             cast = _map(_opt(lambda a, g: a.astype(jnp.result_type(g))), acc, updates)
             return self.opt.update(cast, inner_state, params, **extra)
 
-        def emit(acc: Any) -> tuple[Any, Any]:
-            return step_inner(acc)
-
         def hold(acc: Any) -> tuple[Any, Any]:
             shapes = jax.eval_shape(step_inner, acc)[0]
             return _zeros(updates, shapes), inner_state
@@ -175,7 +172,7 @@ class MultiSteps(GradientTransformation):
         def do(_: Any) -> tuple[Any, State]:
             acc = _map(_opt(accumulate), state["acc_grads"], updates)
             last = n == k - 1
-            out, new_inner = jax.lax.cond(last, emit, hold, acc)
+            out, new_inner = jax.lax.cond(last, step_inner, hold, acc)
             return out, State(
                 mini_step=increment(n) % k,
                 gradient_step=jnp.where(last, increment(step), step),

@@ -33,10 +33,6 @@ def thaw(value: Any) -> Any:
     return value.thaw() if isinstance(value, FrozenTree) else value
 
 
-def _is_callable_mask(mask: Any) -> bool:
-    return callable(mask) and not isinstance(mask, FrozenTree)
-
-
 def full_mask(owner: str, mask: Any, tree: Any, what: str = "mask") -> Any:
     """``mask`` (a tree of values with the structure of ``tree`` or a prefix of it, or a
     function of ``tree`` returning one) broadcast to one value per leaf of ``tree``."""
@@ -48,7 +44,7 @@ def full_mask(owner: str, mask: Any, tree: Any, what: str = "mask") -> Any:
             "or wrap the unpacked tree"
         )
     mask = thaw(mask)
-    if _is_callable_mask(mask):
+    if callable(mask):  # thawed above: a FrozenTree is never a function
         mask = mask(tree)
     try:
         return jax.tree_util.tree_map(
