@@ -101,10 +101,14 @@ from ._stages.weight_decay import add_decayed_weights as add_decayed_weights
 # wrappers around any transformation (optax's names and semantics)
 from ._wrappers.accumulation import MultiSteps as MultiSteps
 from ._wrappers.finite import apply_if_finite as apply_if_finite
+from ._wrappers.inject import inject_hyperparams as inject_hyperparams
+from ._wrappers.live import live as live
 from ._wrappers.masking import freeze as freeze
 from ._wrappers.masking import masked as masked
 from ._wrappers.partition import multi_transform as multi_transform
 from ._wrappers.partition import partition as partition
+from ._wrappers.setting import set_hyperparams as set_hyperparams
+from ._wrappers.setting import set_schedule_multipliers as set_schedule_multipliers
 
 # optax's schedule names at the top level, as optax has them (the same objects as in
 # gradtx.schedules)

@@ -8,6 +8,7 @@ new one without an entry fails ``test_every_public_transformation_has_an_entry``
 
 from __future__ import annotations
 
+import collections.abc
 import inspect
 import types
 import typing
@@ -112,6 +113,15 @@ FACTORIES: dict[str, list[tuple[str, Callable[[], Any]]] | None] = {
     "apply_if_finite": [
         ("apply_if_finite", lambda: gradtx.apply_if_finite(gradtx.adam(1e-3), 2)),
     ],
+    "live": [
+        ("live_adamw", lambda: gradtx.live(gradtx.adamw(SCHEDULE, weight_decay=0.01))),
+    ],
+    "inject_hyperparams": [
+        (
+            "inject_hyperparams_adamw",
+            lambda: gradtx.inject_hyperparams(gradtx.adamw)(SCHEDULE, weight_decay=0.01),
+        ),
+    ],
     "add_decayed_weights": [
         ("add_decayed_weights", lambda: gradtx.add_decayed_weights(1e-4, decay_mask))
     ],
@@ -183,6 +193,8 @@ NOT_TRANSFORMATIONS = {
     "apply_updates",
     "current_learning_rate",
     "hyper",
+    "set_hyperparams",
+    "set_schedule_multipliers",
     "static",
     "unpack",
 }
@@ -203,6 +215,9 @@ def _is_tx_type(t: Any) -> bool | None:
     if origin in (typing.Union, types.UnionType):  # Optional[X], X | None, ...
         verdicts = [_is_tx_type(a) for a in typing.get_args(t) if a is not type(None)]
         return None if None in verdicts else any(verdicts)
+    if origin is collections.abc.Callable:  # a factory of transformations (inject_hyperparams)
+        args = typing.get_args(t)
+        return _is_tx_type(args[-1]) if args else None
     t = origin or t  # dict[str, Any] -> dict
     return inspect.isclass(t) and issubclass(t, GradientTransformation)
 

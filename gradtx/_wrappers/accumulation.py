@@ -112,6 +112,9 @@ class MultiSteps(GradientTransformation):
     def gradient_transformation(self) -> MultiSteps:
         return self
 
+    def views(self, state: Any) -> list[tuple[Any, Any, Any]]:
+        return [(None, self.opt, state["inner_opt_state"])]
+
     def has_updated(self, state: Any) -> jax.Array:
         """Whether the last call emitted an optimizer step (``mini_step == 0`` after at least one
         optimizer step), as optax's."""

@@ -87,6 +87,9 @@ class ApplyIfFinite(GradientTransformation):
             inner_state=new_inner,
         )
 
+    def views(self, state: Any) -> list[tuple[Any, Any, Any]]:
+        return [(None, self.inner, state["inner_state"])]
+
 
 def apply_if_finite(inner: Any, max_consecutive_errors: int) -> ApplyIfFinite:
     """Skips the steps whose updates hold a NaN or an infinity, as ``optax.apply_if_finite``.

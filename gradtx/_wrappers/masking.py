@@ -57,6 +57,9 @@ class Masked(GradientTransformation):
         )
         return restore(full, new, updates), State(inner_state=inner_state)
 
+    def views(self, state: Any) -> list[tuple[Any, Any, Any]]:
+        return [(None, self.inner, state["inner_state"])]
+
 
 def masked(inner: Any, mask: Any, *, mask_compatible_extra_args: bool = False) -> Masked:
     """Applies ``inner`` only where ``mask`` is true; the other updates pass through unchanged.

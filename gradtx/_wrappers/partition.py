@@ -97,6 +97,12 @@ class Partition(GradientTransformation):
             new[key] = State(inner_state=s)
         return out, State(inner_states=State(new))
 
+    def views(self, state: Any) -> list[tuple[Any, Any, Any]]:
+        return [
+            (label, tx, state["inner_states"][_key(label)]["inner_state"])
+            for label, tx in zip(self.labels, self.transforms)
+        ]
+
 
 def partition(
     transforms: Mapping[Any, Any], param_labels: Any, *, mask_compatible_extra_args: bool = False
