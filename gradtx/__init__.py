@@ -68,6 +68,10 @@ from ._optimizers.optax_names import scale_by_sign as scale_by_sign
 from ._optimizers.optax_names import scale_by_stddev as scale_by_stddev
 from ._optimizers.optax_names import scale_by_yogi as scale_by_yogi
 from ._optimizers.optax_names import trace as trace
+from ._optimizers.schedule_free import schedule_free as schedule_free
+from ._optimizers.schedule_free import schedule_free_adamw as schedule_free_adamw
+from ._optimizers.schedule_free import schedule_free_eval_params as schedule_free_eval_params
+from ._optimizers.schedule_free import schedule_free_sgd as schedule_free_sgd
 from ._optimizers.sgd import sgd as sgd
 from ._optimizers.sgd import sign_sgd as sign_sgd
 from ._optimizers.trust_ratio import lamb as lamb
@@ -100,13 +104,34 @@ from ._stages.weight_decay import add_decayed_weights as add_decayed_weights
 
 # wrappers around any transformation (optax's names and semantics)
 from ._wrappers.accumulation import MultiSteps as MultiSteps
+from ._wrappers.averages import EmaParams as EmaParams
+from ._wrappers.averages import SwaParams as SwaParams
+from ._wrappers.averages import ema_params as ema_params
+from ._wrappers.averages import eval_params as eval_params
+from ._wrappers.averages import swa_params as swa_params
+from ._wrappers.counts import skip_counts as skip_counts
+from ._wrappers.diagnostics import diagnostics as diagnostics
+from ._wrappers.diagnostics import plot_diagnostics as plot_diagnostics
+from ._wrappers.explain import explain as explain
 from ._wrappers.finite import apply_if_finite as apply_if_finite
+from ._wrappers.groups import group as group
+from ._wrappers.groups import groups as groups
+from ._wrappers.groups import no_decay as no_decay
+from ._wrappers.guard import skip_nonfinite as skip_nonfinite
+from ._wrappers.guard import skip_spikes as skip_spikes
 from ._wrappers.inject import inject_hyperparams as inject_hyperparams
 from ._wrappers.live import live as live
+from ._wrappers.lookahead import LookaheadParams as LookaheadParams
+from ._wrappers.lookahead import lookahead as lookahead
+from ._wrappers.loss_scale import dynamic_loss_scale as dynamic_loss_scale
+from ._wrappers.loss_scale import loss_scale_value as loss_scale_value
 from ._wrappers.masking import freeze as freeze
 from ._wrappers.masking import masked as masked
+from ._wrappers.migrate import Migration as Migration
+from ._wrappers.migrate import migrate as migrate
 from ._wrappers.partition import multi_transform as multi_transform
 from ._wrappers.partition import partition as partition
+from ._wrappers.plateau import reduce_on_plateau as reduce_on_plateau
 from ._wrappers.setting import set_hyperparams as set_hyperparams
 from ._wrappers.setting import set_schedule_multipliers as set_schedule_multipliers
 

@@ -270,7 +270,7 @@ PROBLEMS: list[Problem] = [
 
 
 #: Modules of gradtx/_optimizers/ that are not a family of named optimizers.
-_NOT_FAMILIES = {"builder", "common", "optax_names", "hyperparams"}
+_NOT_FAMILIES = {"builder", "common", "optax_names", "hyperparams", "schedule_free"}
 
 
 def named_optimizer_names() -> set[str]:

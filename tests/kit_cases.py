@@ -21,7 +21,7 @@ import numpy as np
 import gradtx
 from gradtx import GradientTransformation
 
-__all__ = ["FACTORIES", "NOT_TRANSFORMATIONS", "CASES", "discover", "decay_mask"]
+__all__ = ["FACTORIES", "KIT_ARGS", "NOT_TRANSFORMATIONS", "CASES", "discover", "decay_mask"]
 
 
 def decay_mask(params: Any) -> Any:
@@ -122,6 +122,68 @@ FACTORIES: dict[str, list[tuple[str, Callable[[], Any]]] | None] = {
             lambda: gradtx.inject_hyperparams(gradtx.adamw)(SCHEDULE, weight_decay=0.01),
         ),
     ],
+    "groups": [
+        (
+            "groups_no_decay_frozen",
+            lambda: gradtx.groups(
+                gradtx.adamw(SCHEDULE, weight_decay=0.01),
+                [
+                    gradtx.group("no_decay", r"^b$", weight_decay=0.0, lr_mult=2.0),
+                    gradtx.group("frozen", r"^s$", frozen=True),
+                ],
+            ),
+        ),
+    ],
+    "reduce_on_plateau": [
+        (
+            "reduce_on_plateau",
+            lambda: gradtx.reduce_on_plateau(0.5, 1, cooldown=1, accumulation_size=2),
+        )
+    ],
+    # lookahead's params are a (fast, slow) pair and its gradients the fast half only: the kit
+    # runs on it through a view in tests/test_plateau_lookahead.py
+    "lookahead": None,
+    "ema_params": [
+        ("ema_params", lambda: gradtx.ema_params(gradtx.adam(1e-3))),
+        (
+            "ema_params_debias",
+            lambda: gradtx.ema_params(gradtx.adam(1e-3), 0.9, debias=True, start=1, every=2),
+        ),
+    ],
+    "schedule_free": [
+        (
+            "schedule_free_adam",
+            lambda: gradtx.schedule_free(gradtx.adam(SCHEDULE, b1=0.0), 1e-2),
+        )
+    ],
+    "schedule_free_sgd": [
+        (
+            "schedule_free_sgd",
+            lambda: gradtx.schedule_free_sgd(0.1, warmup_steps=3, weight_decay=1e-3),
+        )
+    ],
+    "schedule_free_adamw": [
+        (
+            "schedule_free_adamw",
+            lambda: gradtx.schedule_free_adamw(1e-3, warmup_steps=3, weight_decay=1e-2),
+        )
+    ],
+    "skip_nonfinite": [("skip_nonfinite", lambda: gradtx.skip_nonfinite(gradtx.adam(1e-3), 2))],
+    "skip_spikes": [
+        ("skip_spikes", lambda: gradtx.skip_spikes(gradtx.adam(1e-3), window=8, warmup=2)),
+        (
+            "skip_spikes_loss",
+            lambda: gradtx.skip_spikes(gradtx.sgd(0.1), window=4, warmup=1, metric="loss"),
+        ),
+    ],
+    "dynamic_loss_scale": [
+        ("dynamic_loss_scale", lambda: gradtx.dynamic_loss_scale(gradtx.adam(1e-3)))
+    ],
+    "EmaParams": [("EmaParams_class", lambda: gradtx.EmaParams(gradtx.sgd(0.1), decay=0.9))],
+    "SwaParams": [("SwaParams_class", lambda: gradtx.SwaParams(gradtx.sgd(0.1), start=2))],
+    "swa_params": [
+        ("swa_params", lambda: gradtx.swa_params(gradtx.sgd(0.1, 0.9), start=1, every=2))
+    ],
     "add_decayed_weights": [
         ("add_decayed_weights", lambda: gradtx.add_decayed_weights(1e-4, decay_mask))
     ],
@@ -192,6 +254,9 @@ FACTORIES: dict[str, list[tuple[str, Callable[[], Any]]] | None] = {
 NOT_TRANSFORMATIONS = {
     "apply_updates",
     "current_learning_rate",
+    "eval_params",
+    "schedule_free_eval_params",
+    "plot_diagnostics",
     "hyper",
     "set_hyperparams",
     "set_schedule_multipliers",
@@ -244,4 +309,10 @@ def discover() -> tuple[set[str], set[str]]:
 
 
 #: Every (variant id, factory) of FACTORIES, abstract bases left out.
+#: Variant id -> the keyword arguments of ``check_transformation`` it needs.
+KIT_ARGS: dict[str, dict[str, Any]] = {
+    "reduce_on_plateau": {"extra_args": {"value": np.float32(1.0)}},
+    "skip_spikes_loss": {"extra_args": {"loss": np.float32(1.0)}},
+}
+
 CASES = [case for variants in FACTORIES.values() if variants for case in variants]

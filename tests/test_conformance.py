@@ -8,8 +8,10 @@ not say, in ``NOT_TRANSFORMATIONS``), so a new one cannot be forgotten.
 
 from __future__ import annotations
 
+import jax
+import jax.numpy as jnp
 import pytest
-from kit_cases import CASES, FACTORIES, NOT_TRANSFORMATIONS, discover
+from kit_cases import CASES, FACTORIES, KIT_ARGS, NOT_TRANSFORMATIONS, discover
 
 from gradtx import GradientTransformation
 from gradtx.testing import CHECKS, check_transformation
@@ -40,13 +42,32 @@ def test_no_duplicate_case_ids():
     assert len(ids) == len(set(ids))
 
 
-@pytest.mark.parametrize("make", [m for _, m in CASES], ids=[i for i, _ in CASES])
-def test_conformance(make):
+@pytest.mark.parametrize("case", CASES, ids=[i for i, _ in CASES])
+def test_conformance(case):
+    variant, make = case
     tx = make()
     assert isinstance(tx, GradientTransformation)
-    report = check_transformation(tx)  # advisory misses recorded, so all of them show at once
+    report = check_transformation(
+        tx, **KIT_ARGS.get(variant, {})
+    )  # advisory misses recorded, so all of them show at once
     assert set(CHECKS) <= set(report.passed), str(report)
     hyper_parts = {"jit.hyperparameters", "vmap.hyperparameters"}  # none to vary (identity)
     for part, why in report.skipped.items():
         assert part in hyper_parts and "has no numeric" in why, str(report)
     assert report.misses == {}, str(report)  # gradtx holds itself to the advisory tier too
+
+
+@pytest.mark.parametrize("make", [m for _, m in CASES], ids=[i for i, _ in CASES])
+def test_weakly_typed_params_give_strongly_typed_state(make):
+    """Params made from Python scalars (``jnp.full(4, 0.3)``) are weakly typed; a state that
+    inherited it would change type at the first jitted step (a second trace)."""
+    params = {"w": jnp.full((3, 2), 0.3), "b": jnp.full((2,), 0.1)}
+    assert params["w"].weak_type
+    tx = make()
+    state = tx.init(params)
+    weak = [
+        jax.tree_util.keystr(p)
+        for p, x in jax.tree_util.tree_leaves_with_path(state)
+        if getattr(x, "weak_type", False)
+    ]
+    assert weak == [], f"{tx.name}: weakly typed state at {weak}"

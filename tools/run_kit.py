@@ -89,7 +89,7 @@ def run(argv: list[str] | None = None) -> int:
 
     sys.path.insert(0, str(ROOT))
     sys.path.insert(0, str(ROOT / "tests"))
-    from kit_cases import CASES  # noqa: PLC0415
+    from kit_cases import CASES, KIT_ARGS  # noqa: PLC0415
 
     from gradtx.testing import CHECKS, CheckFailure, check_transformation  # noqa: PLC0415
 
@@ -118,7 +118,7 @@ def run(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         entry: dict[str, Any] = {}
         try:
-            report = check_transformation(make(), checks=checks)
+            report = check_transformation(make(), checks=checks, **KIT_ARGS.get(case_id, {}))
             missed = bool(report.misses) and not args.required_only
             failed += int(missed)
             entry.update(

@@ -138,3 +138,16 @@ def chain(*transformations: Any, names: tuple[str, ...] | None = None) -> Chain:
       ['clip_by_global_norm', 'adam']
     """
     return Chain(tuple(transformations), tuple(names or ()))
+
+
+def as_inner(owner: str, tx: Any, arg: str = "inner") -> Any:
+    """``tx`` as a gradtx transformation: gradtx's as is (a pytree child, so its
+    hyperparameters stay traceable), another library's (optax) as static data."""
+    if isinstance(tx, GradientTransformation):
+        return tx
+    if callable(getattr(tx, "init", None)) and callable(getattr(tx, "update", None)):
+        return Foreign(tx)
+    raise TypeError(
+        f"gradtx.{owner}: {arg} must be a transformation (an object with init and update), "
+        f"got {type(tx).__name__}"
+    )

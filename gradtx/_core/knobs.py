@@ -42,7 +42,7 @@ class Knob(Struct):
     elementwise: ClassVar[bool] = False
 
     def init_leaf(self, param: jax.Array) -> dict[str, jax.Array]:
-        return {s: jnp.zeros_like(param) for s in self.slots}
+        return {s: jnp.zeros_like(param, dtype=jnp.result_type(param)) for s in self.slots}
 
     def describe(self) -> str:
         return f"{self!r}: {self.summary}" if self.summary else repr(self)

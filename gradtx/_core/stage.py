@@ -92,7 +92,7 @@ class Stage(GradientTransformation):
     # --- the rule for one array ---------------------------------------------------------------
     def init_leaf(self, param: jax.Array) -> dict[str, jax.Array]:
         """State slots for one array; by default zeros of the param's shape and dtype."""
-        return {s: jnp.zeros_like(param) for s in self.slots}
+        return {s: jnp.zeros_like(param, dtype=jnp.result_type(param)) for s in self.slots}
 
     def update_leaf(
         self, g: jax.Array, slots: dict[str, jax.Array], param: jax.Array | None, ctx: Context

@@ -44,7 +44,7 @@ class _StoredDtype(Direction):
 
     def init_leaf(self, param: jax.Array) -> dict[str, jax.Array]:
         dtype = getattr(self, "dtype", None)
-        dt = None if dtype is None else jax.dtypes.canonicalize_dtype(dtype)
+        dt = jnp.result_type(param) if dtype is None else jax.dtypes.canonicalize_dtype(dtype)
         return {"mu": jnp.zeros_like(param, dtype=dt)}
 
 

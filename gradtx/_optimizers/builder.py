@@ -81,7 +81,13 @@ class Optimizer(Chain):
         e.g. ``"adam(Ema, AdamScale)"``. Hyperparameter values are not part of it, so a
         checkpoint restores into the same optimizer built with other values."""
         knobs = self.knobs
-        kinds = [] if knobs is None else [type(k).__name__ for k in (knobs.direction, knobs.scale)]
+        kinds = (
+            []
+            if knobs is None
+            else [
+                getattr(k, "builder_name", type(k).__name__) for k in (knobs.direction, knobs.scale)
+            ]
+        )
         return f"{self.name}({', '.join(k for k in kinds if k != 'NoneType')})"
 
     def init(self, params: Any) -> Any:

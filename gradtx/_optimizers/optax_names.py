@@ -72,7 +72,7 @@ class _EmaFrom(Ema):
     initial: float = hyper(0.0, "any")
 
     def init_leaf(self, param: jax.Array) -> dict[str, jax.Array]:
-        return {"mu": jnp.full_like(param, self.initial)}
+        return {"mu": jnp.full_like(param, self.initial, dtype=jnp.result_type(param))}
 
 
 def scale_by_adam(

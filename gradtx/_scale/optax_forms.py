@@ -41,7 +41,11 @@ class RssScale(Scale):
     eps: float = hyper(1e-7, "nonnegative")
 
     def init_leaf(self, param: jax.Array) -> dict:
-        return {"sum_of_squares": jnp.full_like(param, self.initial_accumulator_value)}
+        return {
+            "sum_of_squares": jnp.full_like(
+                param, self.initial_accumulator_value, dtype=jnp.result_type(param)
+            )
+        }
 
     def step(self, g, m, slots, param, ctx: Context):
         s = slots["sum_of_squares"] + _abs_sq(g)

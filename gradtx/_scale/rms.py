@@ -114,7 +114,7 @@ class RMSPropScale(Scale):
     def init_leaf(self, param: jax.Array) -> dict:
         out = {"nu": moment_full(param, self.initial_scale)}
         if self.centered:
-            out["mg"] = jnp.zeros_like(param)
+            out["mg"] = jnp.zeros_like(param, dtype=jnp.result_type(param))
         return out
 
     def step(self, g, m, slots, param, ctx: Context):

@@ -6,27 +6,13 @@ from typing import Any
 
 import jax
 
-from .._core.chain import Foreign
+from .._core.chain import as_inner
 from .._core.packed import flat_segments
 from .._core.state import State
 from .._core.struct import FrozenTree
-from .._core.transformation import GradientTransformation
 from .._core.tree import TransformError, check_structure, is_none
 
 __all__ = ["check_args", "as_inner", "thaw", "full_mask", "select", "restore", "select_extra"]
-
-
-def as_inner(owner: str, tx: Any) -> GradientTransformation:
-    """``tx`` as a gradtx transformation: gradtx's as is (a pytree child, so its
-    hyperparameters stay traceable), another library's (optax) as static data."""
-    if isinstance(tx, GradientTransformation):
-        return tx
-    if callable(getattr(tx, "init", None)) and callable(getattr(tx, "update", None)):
-        return Foreign(tx)
-    raise TypeError(
-        f"gradtx.{owner}: inner must be a transformation (an object with init and update), "
-        f"got {type(tx).__name__}"
-    )
 
 
 def thaw(value: Any) -> Any:
