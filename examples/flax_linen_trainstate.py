@@ -6,6 +6,13 @@ gradtx transformation held by ``flax.training.train_state.TrainState`` and the s
 msgpack checkpoint (``flax.serialization.to_bytes``); at the end the run is resumed from that
 file and must finish bit-identical to the run that never stopped.
 
+The transformation is the training loop's: ``gradtx.live`` around global-norm clipping and
+parameter groups (no weight decay on biases). Just before the checkpoint, the second half's
+learning rate is scaled by 0.5 and the weight decay doubled with ``gradtx.set_hyperparams`` /
+``set_schedule_multipliers`` on the ``TrainState`` itself: new inputs of the same program
+(``train_step`` is traced once, counted in ``results.json``), kept in the checkpoint. Each step
+also returns ``gradtx.diagnostics`` (norms, clip fraction, η/σ per group): ``diagnostics.png``.
+
     python examples/flax_linen_trainstate.py --out runs/linen_digits          # full
     python examples/flax_linen_trainstate.py --out runs/linen_digits --quick  # reduced, for tests
 
@@ -50,15 +57,24 @@ class MLP(nn.Module):
         return nn.Dense(10)(x)
 
 
+TRACES = {"train_step": 0}
+
+
 @jax.jit
 def train_step(
     state: train_state.TrainState, x: jax.Array, y: jax.Array
-) -> tuple[train_state.TrainState, jax.Array]:
+) -> tuple[train_state.TrainState, jax.Array, dict]:
+    TRACES["train_step"] += 1  # runs only when jax.jit traces
+
     def loss_fn(params: Any) -> jax.Array:
         return cross_entropy(state.apply_fn({"params": params}, x), y)
 
     loss, grads = jax.value_and_grad(loss_fn)(state.params)
-    return state.apply_gradients(grads=grads), loss
+    new = state.apply_gradients(grads=grads)
+    diag = gradtx.diagnostics(
+        state.tx, grads, state.opt_state, state.params, new_state=new.opt_state
+    )
+    return new, loss, diag
 
 
 @jax.jit
@@ -67,14 +83,16 @@ def accuracy(state: train_state.TrainState, x: jax.Array, y: jax.Array) -> jax.A
     return jnp.mean((jnp.argmax(logits, axis=-1) == y).astype(jnp.float32))
 
 
-def make_tx(cfg: argparse.Namespace, total_steps: int) -> gradtx.Optimizer:
+def make_tx(cfg: argparse.Namespace, total_steps: int) -> Any:
     schedule = gradtx.schedules.warmup_cosine_decay(
         0.0, cfg.lr, warmup_steps=max(total_steps // 10, 1), decay_steps=total_steps
     )
-    return gradtx.adamw(schedule, weight_decay=cfg.weight_decay)
+    adamw = gradtx.adamw(schedule, weight_decay=cfg.weight_decay)
+    groups = gradtx.groups(adamw, [gradtx.group("no_decay", gradtx.no_decay, weight_decay=0.0)])
+    return gradtx.live(gradtx.chain(gradtx.clip_by_global_norm(1.0), groups))
 
 
-def fresh_state(cfg: argparse.Namespace, tx: gradtx.Optimizer) -> train_state.TrainState:
+def fresh_state(cfg: argparse.Namespace, tx: Any) -> train_state.TrainState:
     model = MLP(cfg.hidden)
     params = model.init(jax.random.key(cfg.seed), jnp.zeros((1, 64), jnp.float32))["params"]
     return train_state.TrainState.create(apply_fn=model.apply, params=params, tx=tx)
@@ -88,14 +106,18 @@ def run(
     for epoch_order in order:
         epoch = []
         for idx in epoch_order:
-            state, loss = train_step(state, x[idx], y[idx])
+            state, loss, diag = train_step(state, x[idx], y[idx])
             epoch.append(loss)
+            DIAGNOSTICS.append(diag)
         losses.extend(float(v) for v in jax.device_get(epoch))
         if bar is not None:
-            lr = float(gradtx.current_learning_rate(state.tx, state.opt_state))
+            lr = float(gradtx.current_learning_rate(state.tx, state.opt_state)["default"])
             bar.update(1)
             bar.set_postfix(loss=f"{np.mean(losses[-len(epoch) :]):.4f}", lr=f"{lr:.2e}")
     return state, losses
+
+
+DIAGNOSTICS: list[dict] = []
 
 
 def bit_identical(a: Any, b: Any) -> bool:
@@ -138,16 +160,28 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     start = time.perf_counter()
     with tqdm(total=cfg.epochs, desc="adamw", disable=not cfg.progress) as bar:
+        DIAGNOSTICS.clear()
+        traces = TRACES["train_step"]
         state, losses = run(fresh_state(cfg, tx), x_tr, y_tr, order[:half], bar)
+        # live changes for the second half, on the TrainState itself: no new program
+        state = gradtx.set_schedule_multipliers(
+            state, **{"default.learning_rate": 0.5, "no_decay.learning_rate": 0.5}
+        )
+        state = gradtx.set_hyperparams(state, **{"default.weight_decay": 2 * cfg.weight_decay})
         ckpt = cfg.out / "checkpoint_half.msgpack"
         ckpt.write_bytes(serialization.to_bytes(state))
         state, more = run(state, x_tr, y_tr, order[half:], bar)
     seconds = time.perf_counter() - start
     losses += more
+    traces = TRACES["train_step"] - traces
+    history = jax.device_get(jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *DIAGNOSTICS))
+    diag_png = cfg.out / "diagnostics.png"
+    gradtx.plot_diagnostics(history, diag_png, title="linen TrainState: diagnostics per step")
 
     # Resume: a template from the same code (init only gives the structure), filled from disk.
     template = fresh_state(cfg, tx)
     resumed = serialization.from_bytes(template, ckpt.read_bytes())
+    restored_decay = float(resumed.opt_state.hyperparams["default.weight_decay"])
     assert isinstance(resumed.opt_state, gradtx.State), type(resumed.opt_state)
     assert int(resumed.step) == half * steps
     resumed, _ = run(resumed, x_tr, y_tr, order[half:], None)
@@ -179,8 +213,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "seconds": seconds,
         "checkpoint_step": half * steps,
         "resume_bit_identical": identical,
+        "traces": traces,
+        "restored_weight_decay": restored_decay,
+        "groups": sorted({row.group for row in gradtx.explain(tx, state.params).rows}),
+        "clipped_steps": int(np.sum(np.asarray(history["clip_fraction"]) > 0)),
         "files": {
             "loss_curve": str(png),
+            "diagnostics": str(diag_png),
             "checkpoint": str(ckpt),
             "results": str(cfg.out / "results.json"),
         },

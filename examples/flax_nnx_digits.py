@@ -4,6 +4,13 @@ The main run is ``gradtx.adamw`` with a warm-up-cosine schedule inside
 ``nnx.Optimizer(model, tx, wrt=nnx.Param)`` under ``nnx.jit``; then the same model is trained
 with a few other gradtx optimizers on the same schedule shape and data order, for a table.
 
+Every run uses the training-loop wrappers: global-norm clipping, parameter groups (no weight
+decay on biases: ``gradtx.no_decay``), live hyperparameters (``gradtx.live``: for the last
+epoch the learning rate is halved with ``gradtx.set_schedule_multipliers`` on the optimizer,
+no recompilation: the step is traced once, counted in ``results.json``), and per-step
+diagnostics (``gradtx.diagnostics``: gradient norms, clip fraction, η/σ per group), drawn for
+the main run by ``gradtx.plot_diagnostics`` into ``diagnostics.png``.
+
     python examples/flax_nnx_digits.py --out runs/nnx_digits          # full: ~99% test accuracy
     python examples/flax_nnx_digits.py --out runs/nnx_digits --quick  # reduced, for tests
 
@@ -59,11 +66,26 @@ class MLP(nnx.Module):
         return self.out(x)
 
 
+TRACES = {"train_step": 0}
+
+
+def wrap(base: Any) -> Any:
+    """The training loop around an optimizer: clipping, no decay on biases, live values."""
+    groups = gradtx.groups(base, [gradtx.group("no_decay", gradtx.no_decay, weight_decay=0.0)])
+    return gradtx.live(gradtx.chain(gradtx.clip_by_global_norm(1.0), groups))
+
+
 @nnx.jit
-def train_step(model: MLP, optimizer: nnx.Optimizer, x: jax.Array, y: jax.Array) -> jax.Array:
+def train_step(
+    model: MLP, optimizer: nnx.Optimizer, x: jax.Array, y: jax.Array
+) -> tuple[jax.Array, dict]:
+    TRACES["train_step"] += 1  # runs only when nnx.jit traces
     loss, grads = nnx.value_and_grad(lambda m: cross_entropy(m(x), y))(model)
+    before = jax.tree_util.tree_map(lambda v: v, optimizer.opt_state)  # the values, copied
+    params = nnx.state(model, nnx.Param)
     optimizer.update(model, grads)
-    return loss
+    diag = gradtx.diagnostics(optimizer.tx, grads, before, params, new_state=optimizer.opt_state)
+    return loss, diag
 
 
 @nnx.jit
@@ -78,19 +100,30 @@ def train(name: str, cfg: argparse.Namespace, data: tuple, order: np.ndarray) ->
     schedule = gradtx.schedules.warmup_cosine_decay(
         0.0, peak * cfg.lr_scale, warmup_steps=max(total // 10, 1), decay_steps=total
     )
-    tx = make(schedule)
+    tx = wrap(make(schedule))
     model = MLP(cfg.hidden, rngs=nnx.Rngs(cfg.seed))
     optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+    params = nnx.state(model, nnx.Param)
+    groups = sorted({row.group for row in gradtx.explain(tx, params).rows})
+    # the live names of the scheduled learning rates, one per group ("default.learning_rate")
+    lr_names = [n for n in jax.eval_shape(tx.init, params).schedules if "learning_rate" in n]
 
     losses: list[float] = []
+    diags: list[dict] = []
+    traces_before = TRACES["train_step"]
     start = time.perf_counter()
     bar = tqdm(range(order.shape[0]), desc=f"{name:>12}", disable=not cfg.progress, leave=True)
     for epoch in bar:
-        epoch_losses = [train_step(model, optimizer, x_tr[idx], y_tr[idx]) for idx in order[epoch]]
-        losses.extend(float(v) for v in jax.device_get(epoch_losses))
-        lr = float(gradtx.current_learning_rate(tx, optimizer.opt_state))
-        bar.set_postfix(loss=f"{np.mean(losses[-len(epoch_losses) :]):.4f}", lr=f"{lr:.2e}")
+        if epoch == order.shape[0] - 1 and epoch > 0:  # a live change: a new input, same program
+            gradtx.set_schedule_multipliers(optimizer, **{n: 0.5 for n in lr_names})
+        out = [train_step(model, optimizer, x_tr[idx], y_tr[idx]) for idx in order[epoch]]
+        losses.extend(float(v) for v in jax.device_get([loss for loss, _ in out]))
+        diags.extend(d for _, d in out)
+        lr = gradtx.current_learning_rate(tx, optimizer.opt_state)
+        lr = float(next(iter(lr.values()))) if isinstance(lr, dict) else float(lr)
+        bar.set_postfix(loss=f"{np.mean(losses[-len(out) :]):.4f}", lr=f"{lr:.2e}")
     seconds = time.perf_counter() - start
+    history = jax.device_get(jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *diags))
     return {
         "optimizer": name,
         "tx": repr(tx),
@@ -101,6 +134,12 @@ def train(name: str, cfg: argparse.Namespace, data: tuple, order: np.ndarray) ->
         "train_accuracy": float(accuracy(model, x_tr, y_tr)),
         "test_accuracy": float(accuracy(model, x_te, y_te)),
         "seconds": seconds,
+        "traces": TRACES["train_step"] - traces_before,
+        "groups": groups,
+        "halved_for_last_epoch": sorted(lr_names),
+        "final_learning_rate": lr,
+        "clipped_steps": int(np.sum(np.asarray(history["clip_fraction"]) > 0)),
+        "diagnostics": history,
     }
 
 
@@ -173,15 +212,25 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     png = cfg.out / "loss_curves.png"
     plot(runs, png, f"nnx MLP on digits, warm-up cosine η ({cfg.epochs} epochs)")
+    diag_png = cfg.out / "diagnostics.png"
+    gradtx.plot_diagnostics(
+        runs[0]["diagnostics"], diag_png, title=f"{runs[0]['optimizer']}: diagnostics per step"
+    )
     summary = table(runs)
     print(summary)
     results = {
         "example": "flax_nnx_digits",
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(cfg).items()},
-        "main": {k: v for k, v in runs[0].items() if k != "losses"},
-        "comparison": [{k: v for k, v in r.items() if k != "losses"} for r in runs],
+        "main": {k: v for k, v in runs[0].items() if k not in ("losses", "diagnostics")},
+        "comparison": [
+            {k: v for k, v in r.items() if k not in ("losses", "diagnostics")} for r in runs
+        ],
         "table": summary,
-        "files": {"loss_curves": str(png), "results": str(cfg.out / "results.json")},
+        "files": {
+            "loss_curves": str(png),
+            "diagnostics": str(diag_png),
+            "results": str(cfg.out / "results.json"),
+        },
     }
     (cfg.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     print(f"main ({runs[0]['optimizer']}) test accuracy {runs[0]['test_accuracy']:.2%}")

@@ -61,6 +61,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         plots.valley_trajectories(prob, v_recs, v_summary, args.out),
         plots.valley_curves(prob, v_recs, args.out),
         plots.valley_burst(prob, v_recs, args.out),
+        plots.valley_step_sizes(prob, v_recs, args.out),
         plots.plateau(p_rec, p_summary, args.out),
     ]
     summary = {

@@ -42,8 +42,13 @@ def test_flax_nnx_digits_quick(tmp_path):
     for r in results["comparison"]:
         assert r["test_accuracy"] >= 0.85, r
         assert r["final_train_loss"] < 0.6, r
+        # the live learning-rate change of the last epoch did not recompile the step
+        assert r["traces"] == 1, r
+        assert r["groups"] == ["default", "no_decay"], r
+        assert r["halved_for_last_epoch"] == ["default.learning_rate", "no_decay.learning_rate"]
 
     assert _is_png(tmp_path / "loss_curves.png")
+    assert _is_png(tmp_path / "diagnostics.png")
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["main"]["test_accuracy"] == results["main"]["test_accuracy"]
     assert [r["optimizer"] for r in saved["comparison"]] == names
@@ -56,7 +61,12 @@ def test_flax_linen_trainstate_quick(tmp_path):
 
     assert results["test_accuracy"] >= 0.90  # full mode reaches >= 0.97
     assert results["resume_bit_identical"] is True
+    # live changes before the checkpoint: one program, and the checkpoint keeps them
+    assert results["traces"] == 1
+    assert results["restored_weight_decay"] == pytest.approx(2 * 1e-4)
+    assert results["groups"] == ["default", "no_decay"]
     assert _is_png(tmp_path / "loss_curve.png")
+    assert _is_png(tmp_path / "diagnostics.png")
     assert (tmp_path / "checkpoint_half.msgpack").stat().st_size > 0
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["test_accuracy"] == results["test_accuracy"]

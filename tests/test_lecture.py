@@ -195,3 +195,21 @@ def test_curves_figure_shows_the_sign_flips_its_title_claims(plots_and_recs):
             assert np.all(np.sign(y[1:]) == -np.sign(y[:-1])), name
     finally:
         plt.close(fig)
+
+
+def test_diagnostics_eta_over_sigma_on_the_valley(lab):
+    """gradtx.diagnostics' η/σ (min and max over the two coordinates) brackets the step the
+    optimizer actually took up the wall, −u_y/g_y, for the optimizers without momentum; and
+    Adagrad's σ makes the floor's step the larger one at the end."""
+    _, summary = lab
+    v = summary["valley"]
+    checked = [
+        n
+        for n, s in v.items()
+        if isinstance(s, dict) and "brackets_steep_step" in s.get("eta_over_sigma", {})
+    ]
+    assert "adagrad_rms" in checked and "rmsprop" in checked
+    for name in checked:
+        assert v[name]["eta_over_sigma"]["brackets_steep_step"], name
+    e = v["adagrad_rms"]["eta_over_sigma"]
+    assert e["floor_final"] > 10 * e["wall_final"]

@@ -196,6 +196,30 @@ def valley_curves(valley: Valley, recs: dict, out: Path) -> str:
     return _save(curves_figure(valley, recs), out / "valley_curves.png")
 
 
+def valley_step_sizes(valley: Valley, recs: dict, out: Path) -> str:
+    """η_t/σ_t over time (``gradtx.diagnostics``): the floor's (solid) and the wall's (dashed)
+    per optimizer, with GD's stability limit 2/b on the wall; ``valley_step_sizes.png``."""
+    fig, ax = plt.subplots(figsize=(8, 4.8))
+    for name, rec in recs.items():
+        if "eta_over_sigma" not in rec:
+            continue
+        label, color = STYLE.get(name, (name, None))
+        sizes = rec["eta_over_sigma"]
+        t, hi = _envelope(sizes[:, 0])
+        ax.loglog(t + 1, hi, lw=0.9, color=color, label=f"{label}: floor x")
+        t, lo = _envelope(sizes[:, 1])
+        ax.loglog(t + 1, lo, lw=0.9, ls="--", color=color)
+    ax.axhline(2.0 / valley.b, color="k", ls=":", lw=0.8, label="2/b: the wall's stability limit")
+    ax.set(
+        xlabel="step + 1",
+        ylabel="η_t / σ_t",
+        title="Effective step size per coordinate (solid: floor x, dashed: wall y)",
+    )
+    ax.legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    return _save(fig, out / "valley_step_sizes.png")
+
+
 def valley_burst(valley: Valley, recs: dict, out: Path) -> str:
     """|y| per step, the stability ratio η_t·b/σ_t and η_t, for the Adagrad variants."""
     names = ("adagrad_rms", "with_cosine_decay", "with_decay", "with_warmup", "rmsprop")

@@ -54,8 +54,10 @@ class Valley:
 def trajectory(tx: Any, valley: Valley, steps: int) -> dict[str, np.ndarray]:
     """Runs ``tx`` for ``steps`` updates in one ``lax.scan``.
 
-    Returns ``params`` (``steps + 1`` points) and ``steep_step``: ``-u_y / g_y``, the step size
-    actually applied in the steep direction (``η_t / σ_t`` for an optimizer without momentum).
+    Returns ``params`` (``steps + 1`` points), ``steep_step``: ``-u_y / g_y``, the step size
+    actually applied in the steep direction (``η_t / σ_t`` for an optimizer without momentum),
+    and ``eta_over_sigma``: ``gradtx.diagnostics``' effective step size η_t/σ_t, the larger
+    (the floor's, x) and the smaller (the wall's, y) of the two, shape ``(steps, 2)``.
     """
     curvature = jnp.array([valley.a, valley.b], jnp.float32)
     key = jax.random.key(valley.seed)
@@ -65,17 +67,23 @@ def trajectory(tx: Any, valley: Valley, steps: int) -> dict[str, np.ndarray]:
     def body(carry, n):
         p, state = carry
         g = curvature * p + n
-        u, state = tx.update(g, state, p)
+        u, new = tx.update(g, state, p)
+        # η/σ of the two coordinates: the summary's max and min (the floor takes the larger)
+        size = gradtx.diagnostics(tx, g, state, p, u, new)["step_size"]["all"]
         p = gradtx.apply_updates(p, u)
-        return (p, state), (p, -u[1] / g[1])
+        return (p, new), (p, -u[1] / g[1], jnp.stack([size["max"], size["min"]]))
 
     @jax.jit
     def run(p0, noise):
-        _, (ps, steep) = jax.lax.scan(body, (p0, tx.init(p0)), noise)
-        return jnp.concatenate([p0[None], ps]), steep
+        _, (ps, steep, sizes) = jax.lax.scan(body, (p0, tx.init(p0)), noise)
+        return jnp.concatenate([p0[None], ps]), steep, sizes
 
-    params, steep = run(p0, noise)
-    return {"params": np.asarray(params, np.float64), "steep_step": np.asarray(steep, np.float64)}
+    params, steep, sizes = run(p0, noise)
+    return {
+        "params": np.asarray(params, np.float64),
+        "steep_step": np.asarray(steep, np.float64),
+        "eta_over_sigma": np.asarray(sizes, np.float64),
+    }
 
 
 def learning_rates(tx: gradtx.Optimizer, steps: int) -> np.ndarray:
@@ -255,6 +263,15 @@ def run_lab(
             grows = mean_form and late[0] == late[1]
             s["stability"] = stability(valley, rec["steep_step"], turn, grows)
         s["describe"] = {k: tx.describe()[k] for k in ("g", "sigma", "eta")}
+        sizes = rec["eta_over_sigma"]
+        s["eta_over_sigma"] = {"floor_final": sizes[-1, 0], "wall_final": sizes[-1, 1]}
+        if tx.knobs is not None and tx.knobs.direction is None:  # no momentum: u_y/g_y = η/σ_y
+            steep = rec["steep_step"]
+            ok = np.isfinite(steep)
+            s["eta_over_sigma"]["brackets_steep_step"] = bool(
+                np.all(sizes[ok, 1] <= steep[ok] * (1 + 1e-4))
+                and np.all(sizes[ok, 0] >= steep[ok] * (1 - 1e-4))
+            )
         summary[name] = s
     summary["textbook_adagrad_is_rms_with_root_decay"] = _same_as_root_decay(valley, lab, records)
     summary["adagrad_rms_without_noise"] = _without_noise(valley, lab)

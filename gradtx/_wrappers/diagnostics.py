@@ -15,9 +15,11 @@ For a step ``updates, new_state = tx.update(grads, state, params)``,
                        size η_t/σ_t over every element of the group's leaves
 
 The effective step size is the lecture's σ made visible: ``tx`` is run once more on the same
-inputs with every direction knob replaced by ones (its slots kept as they are) and weight decay
-off, so each element of the result is ``η_t / σ_t`` (times a trust ratio, if ``tx`` has one):
-``η`` for SGD, ``η / (√v̂_t + ε)`` for Adam. That costs one more optimizer update (and a sort for
+inputs with every knobs stage returning ``1/σ_t`` (its scale applied to ones instead of the
+direction) and weight decay off, so each element of the result is ``η_t / σ_t`` (times a
+trust ratio, if ``tx`` has one): ``η / (√v̂_t + ε)`` for Adam, ``η/σ_t`` for RMSProp and
+Adagrad, ``η`` for SGD (a transformation without knobs is run on a gradient of ones, with its
+clipping off). That costs one more optimizer update (and a sort for
 the median), only when asked for (``step_size=False`` leaves it out). Groups are those of the
 first ``groups``/``partition`` in ``tx``; without one, the single group ``"all"``.
 :func:`plot_diagnostics` draws a run's diagnostics.
@@ -32,7 +34,7 @@ import jax.numpy as jnp
 
 from .._core.chain import Foreign
 from .._core.context import Context
-from .._core.knobs import Direction
+from .._core.knobs import Knobs
 from .._core.packed import flat_segments
 from .._core.struct import Struct, fields
 from .._core.tree import is_none
@@ -44,41 +46,30 @@ from .groups import replace_hyperparams
 __all__ = ["diagnostics", "plot_diagnostics"]
 
 
-class _Ones(Direction):
-    """A direction of ones that keeps ``inner``'s slots unchanged (for the σ probe)."""
+class _SigmaProbe(Knobs):
+    """A knobs stage whose update is ``1/σ_t`` (the scale applied to ones); the direction's
+    slots are updated as usual (AdaBelief's σ reads them), its output is not used."""
 
-    inner: Any = None
+    name = "knobs"
 
-    @property
-    def slots(self) -> tuple[str, ...]:  # type: ignore[override]
-        return self.inner.slots
-
-    @property
-    def builder_name(self) -> str:
-        """The probed knob's name, so an optimizer's state still says it built it."""
-        return type(self.inner).__name__
-
-    @property
-    def needs_step(self) -> bool:  # type: ignore[override]
-        return bool(self.inner.needs_step)
-
-    @property
-    def elementwise(self) -> bool:  # type: ignore[override]
-        return True
-
-    def init_leaf(self, param: jax.Array) -> dict[str, jax.Array]:
-        return self.inner.init_leaf(param)
-
-    def step(self, g: jax.Array, slots: dict, ctx: Context) -> tuple[jax.Array, dict]:
-        return jnp.ones_like(g), slots
+    def update_leaf(self, g: jax.Array, slots: dict, param: Any, ctx: Context) -> tuple:
+        d = {k: slots[k] for k in self._dslots}
+        s = {k: slots[k] for k in self._sslots}
+        if self.direction is not None:
+            _, d = self.direction.step(g, d, ctx)
+        if self.scale is None:
+            return jnp.ones_like(g), {**d, **s}
+        kw = {"direction": d} if self.scale.reads_direction else {}
+        u, s = self.scale.step(g, jnp.ones_like(g), s, param, ctx, **kw)
+        return u, {**d, **s}
 
 
 def _probe(tx: Any) -> Any:
-    """``tx`` with every direction knob replaced by :class:`_Ones`."""
+    """``tx`` with every knobs stage replaced by :class:`_SigmaProbe`."""
     if isinstance(tx, tuple):
         return tuple(_probe(x) for x in tx)
-    if isinstance(tx, Direction):
-        return _Ones(tx)
+    if isinstance(tx, Knobs) and not isinstance(tx, _SigmaProbe):
+        return _SigmaProbe(tx.direction, tx.scale, tx.scale_first)
     if not isinstance(tx, Struct) or isinstance(tx, Foreign):
         return tx
     changes = {}
@@ -209,7 +200,12 @@ def diagnostics(
 
 
 def _step_sizes(tx: Any, grads: Any, state: Any, params: Any, extra: dict) -> dict:
-    probe, _ = replace_hyperparams(_probe(tx), weight_decay=lambda _w: 0.0)
+    off = {"weight_decay": lambda _w: 0.0}
+    if find_first(tx, (Knobs,)) is None:  # σ = 1: the step of a gradient of ones, unclipped
+        inf = float("inf")
+        off.update(max_norm=lambda _c: inf, max_delta=lambda _c: inf)
+        grads = jax.tree_util.tree_map(lambda g: None if g is None else jnp.ones_like(g), grads)
+    probe, _ = replace_hyperparams(_probe(tx), **off)
     sizes, _ = probe.update(grads, state, params, **extra)
     part = _find_partition(tx)
     flat = [(p, x) for p, x in jax.tree_util.tree_leaves_with_path(sizes, is_leaf=is_none)]

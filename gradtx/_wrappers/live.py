@@ -16,10 +16,11 @@ program::
 
 ``t`` is the step count of the stage that owns the hyperparameter, as without ``live``, so a
 schedule goes on from where it was. Names are the hyperparameter's field name
-(``learning_rate``, ``weight_decay``, ``b2``, ``eps``, ``decay``), or its dotted path in
-:func:`gradtx.hyperparams`'s nesting (``knobs.scale.eps``) where the field name alone is not
-unique. :func:`set_hyperparams` changes values, :func:`set_schedule_multipliers` scales
-schedules, :func:`gradtx.hyperparams` reads the values that apply.
+(``learning_rate``, ``weight_decay``, ``b2``, ``eps``, ``decay``) where it is unique, else the
+shortest unambiguous dotted name from its path in :func:`gradtx.hyperparams`'s nesting: its
+last parts (``scale.eps``) or one earlier part with the field (``no_decay.b2`` in a group).
+:func:`set_hyperparams` changes values, :func:`set_schedule_multipliers` scales schedules,
+:func:`gradtx.hyperparams` reads the values that apply.
 """
 
 from __future__ import annotations
@@ -120,18 +121,25 @@ def _collapse(parts: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(out)
 
 
+def _candidates(p: tuple[str, ...]) -> list[str]:
+    """Names for the path ``p``, shortest first: at each length the last parts
+    (``scale.b2``), then one earlier part with the last ones (``no_decay.b2``: a group's)."""
+    out: list[str] = []
+    for k in range(1, len(p) + 1):
+        out.append(".".join(p[-k:]))
+        if 1 < k < len(p):
+            out += [".".join((p[j], *p[-(k - 1) :])) for j in range(len(p) - k + 1)]
+    return out
+
+
 def _names(entries: list[_Entry]) -> list[str]:
-    """The shortest unique dotted suffix of each entry's path."""
+    """The first candidate name of each entry's path that no other path could be called."""
     paths = [_collapse(e.parts) for e in entries]
+    cands = [_candidates(p) for p in paths]
     names = []
-    for p in paths:
-        for k in range(1, len(p) + 1):
-            cand = p[-k:]
-            if sum(q[-k:] == cand for q in paths if len(q) >= k) == 1:
-                names.append(".".join(cand))
-                break
-        else:
-            names.append(".".join(p))
+    for i, mine in enumerate(cands):
+        others = set().union(*(set(c) for j, c in enumerate(cands) if j != i))
+        names.append(next((c for c in mine if c not in others), ".".join(paths[i])))
     return names
 
 
