@@ -14,7 +14,7 @@ import jax
 import pytest
 
 DOCS = Path(__file__).parents[1] / "docs"
-PAGES = ["param_groups.md", "training_steps.md", "averages.md"]
+PAGES = ["param_groups.md", "training_steps.md", "averages.md", "diagnostics.md"]
 
 
 @pytest.mark.parametrize("page", PAGES)

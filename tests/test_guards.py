@@ -73,13 +73,12 @@ def _run(tx, grads: list, extras: list | None = None, standard: bool = False):
 @pytest.mark.parametrize(
     "make, extra",
     [
-        (lambda: skip_nonfinite(gradtx.adam(1e-3)), None),
-        (lambda: skip_nonfinite(gradtx.adam(1e-3), max_consecutive_skips=2), None),
-        (lambda: skip_spikes(gradtx.adam(1e-3)), None),
+        # the kit's table (tests/kit_cases.py) runs skip_nonfinite(adam, 2), skip_spikes and
+        # skip_spikes(metric="loss"); here the variants it does not
+        (lambda: skip_nonfinite(gradtx.sgd(0.1, momentum=0.9)), None),
         (lambda: skip_spikes(gradtx.sgd(0.1), window=3, k=0.5, warmup=1), None),
-        (lambda: skip_spikes(gradtx.adam(1e-3), metric="loss"), {"loss": jnp.asarray(1.0)}),
     ],
-    ids=["nonfinite", "nonfinite_max2", "spikes", "spikes_eager", "spikes_loss"],
+    ids=["nonfinite", "spikes_eager"],
 )
 def test_conformance_kit(make, extra):
     report = check_transformation(make(), strict=True, extra_args=extra)
