@@ -27,6 +27,7 @@ first ``groups``/``partition`` in ``tx``; without one, the single group ``"all"`
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -40,6 +41,7 @@ from .._core.struct import Struct, fields
 from .._core.tree import is_none
 from .._optimizers.hyperparams import _pure
 from .._stages.clipping import Clip, ClipByGlobalNorm, global_norm
+from .counts import find_guards
 from .explain import _find_partition, find_first
 from .groups import replace_hyperparams
 
@@ -83,30 +85,14 @@ def _probe(tx: Any) -> Any:
 
 
 def _skip_total(state: Any) -> Any:
-    """The sum of the skip counters found in ``state`` (``None`` if it has none)."""
-    names = ("skipped", "total_notfinite")
-    found: list[Any] = []
-
-    def visit(x: Any, depth: int) -> None:
-        if depth > 12:
-            return
-        keys = getattr(x, "keys", None)
-        if callable(keys) and not isinstance(x, jax.Array):
-            for k in list(keys()):
-                v = x[k]
-                if k in names and jnp.ndim(v) == 0:
-                    found.append(jnp.asarray(v, jnp.int32))
-                else:
-                    visit(v, depth + 1)
-        elif isinstance(x, (tuple, list)):
-            for v in x:
-                visit(v, depth + 1)
-        elif hasattr(x, "_fields"):
-            for k in x._fields:
-                visit(getattr(x, k), depth + 1)
-
-    visit(state, 0)
-    return sum(found[1:], found[0]) if found else None
+    """The skip counters of the guards in ``state`` (:func:`~gradtx._wrappers.counts.
+    find_guards`), summed; ``None`` if it has none."""
+    counts = [
+        jnp.asarray(e["total_notfinite" if kind == "apply_if_finite" else "skipped"], jnp.int32)
+        for _, kind, e in find_guards(state)
+        if kind != "multi_steps"
+    ]
+    return functools.reduce(jnp.add, counts) if counts else None
 
 
 def _summary(xs: list[jax.Array]) -> dict[str, jax.Array]:

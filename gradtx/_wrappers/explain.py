@@ -83,21 +83,23 @@ def _fmt(x: Any) -> str:
     return f"{x:.6g}" if isinstance(x, float) else str(x)
 
 
-def find_first(tx: Any, kinds: tuple) -> Any:
-    """The first transformation of one of ``kinds`` in ``tx``'s nesting (itself, a chain's
-    stages, a wrapper's inner, a partition's transforms), or ``None``."""
+def find_all(tx: Any, kinds: tuple) -> list[Any]:
+    """Every transformation of one of ``kinds`` in ``tx``'s nesting (itself, a chain's stages,
+    a wrapper's inner, a partition's transforms), in pre-order, not looking inside a match."""
     if isinstance(tx, kinds):
-        return tx
+        return [tx]
     if isinstance(tx, tuple):
-        return next((f for f in (find_first(x, kinds) for x in tx) if f is not None), None)
+        return [found for x in tx for found in find_all(x, kinds)]
     if not isinstance(tx, Struct) or isinstance(tx, Foreign):
-        return None
-    for f in fields(tx):
-        if f.metadata.get("kind") is None:
-            found = find_first(getattr(tx, f.name), kinds)
-            if found is not None:
-                return found
-    return None
+        return []
+    children = [getattr(tx, f.name) for f in fields(tx) if f.metadata.get("kind") is None]
+    return [found for c in children for found in find_all(c, kinds)]
+
+
+def find_first(tx: Any, kinds: tuple) -> Any:
+    """The first of :func:`find_all`, or ``None``."""
+    found = find_all(tx, kinds)
+    return found[0] if found else None
 
 
 def _find_partition(tx: Any) -> Partition | None:
@@ -123,19 +125,6 @@ def _first(tx: Any, name: str) -> Any:
             if found is not None:
                 return found
     return None
-
-
-def _decay_stages(tx: Any, out: list) -> list:
-    if isinstance(tx, tuple):
-        for x in tx:
-            _decay_stages(x, out)
-    elif isinstance(tx, AddDecayedWeights):
-        out.append(tx)
-    elif isinstance(tx, Struct) and not isinstance(tx, Foreign):
-        for f in fields(tx):
-            if f.metadata.get("kind") is None:
-                _decay_stages(getattr(tx, f.name), out)
-    return out
 
 
 def _lr(tx: Any) -> Any:
@@ -224,7 +213,7 @@ def explain(tx: Any, params: Any) -> Explanation:
         spec = specs.get(label)
         frozen = bool(spec.frozen) if spec is not None else gtx == set_to_zero()
         decay = 0.0
-        for stage in _decay_stages(gtx, []):
+        for stage in find_all(gtx, (AddDecayedWeights,)):
             mask = stage.mask
             on = True
             if mask is not None:
