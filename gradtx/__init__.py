@@ -80,6 +80,12 @@ from ._optimizers.trust_ratio import lars as lars
 # building the packed layout
 from ._packing.pack import DEFAULT_THRESHOLD as DEFAULT_THRESHOLD
 from ._packing.pack import pack as pack
+
+# precision and scale: state dtypes, rounding of low-precision params, ZeRO-1, memory
+from ._precision.dtypes import WithStateDtypes as WithStateDtypes
+from ._precision.dtypes import with_state_dtypes as with_state_dtypes
+from ._precision.memory import MemoryReport as MemoryReport
+from ._precision.memory import memory_report as memory_report
 from ._scale.adam import AdamaxScale as AdamaxScale
 
 # σ, per-parameter scale

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 import gradtx
@@ -29,6 +30,7 @@ def decay_mask(params: Any) -> Any:
 
 
 SCHEDULE = gradtx.schedules.linear(1e-2, 1e-3, 10)
+BF16 = jnp.bfloat16
 
 #: Public name -> list of (variant id, factory); ``None`` for an abstract base class.
 FACTORIES: dict[str, list[tuple[str, Callable[[], Any]]] | None] = {
@@ -172,10 +174,23 @@ FACTORIES: dict[str, list[tuple[str, Callable[[], Any]]] | None] = {
     "skip_nonfinite": [
         ("skip_nonfinite", lambda: gradtx.skip_nonfinite(gradtx.sgd(0.1, momentum=0.9), 2))
     ],
+    "with_state_dtypes": [
+        (
+            "state_dtypes_bf16",
+            lambda: gradtx.with_state_dtypes(gradtx.adamw(1e-3), {"mu": BF16, "nu": BF16}),
+        ),
+        (
+            "state_dtypes_stochastic",
+            lambda: gradtx.with_state_dtypes(
+                gradtx.adam(SCHEDULE), {"nu": BF16}, rounding="stochastic"
+            ),
+        ),
+    ],
     "skip_spikes": [
         (
             "skip_spikes",
-            lambda: gradtx.skip_spikes(gradtx.sgd(0.1, momentum=0.9), window=8, warmup=2),
+            # window 3, warmup 1, k 0.5: the guard is armed and skips within the kit's few steps
+            lambda: gradtx.skip_spikes(gradtx.sgd(0.1, momentum=0.9), window=3, k=0.5, warmup=1),
         ),
         (
             "skip_spikes_loss",
@@ -186,6 +201,9 @@ FACTORIES: dict[str, list[tuple[str, Callable[[], Any]]] | None] = {
         ("dynamic_loss_scale", lambda: gradtx.dynamic_loss_scale(gradtx.sgd(0.1, momentum=0.9)))
     ],
     "EmaParams": [("EmaParams_class", lambda: gradtx.EmaParams(gradtx.sgd(0.1), decay=0.9))],
+    "WithStateDtypes": [
+        ("WithStateDtypes_class", lambda: gradtx.WithStateDtypes(gradtx.adam(1e-3), {"nu": BF16}))
+    ],
     "SwaParams": [("SwaParams_class", lambda: gradtx.SwaParams(gradtx.sgd(0.1), start=2))],
     "swa_params": [
         ("swa_params", lambda: gradtx.swa_params(gradtx.sgd(0.1, 0.9), start=1, every=2))

@@ -296,6 +296,7 @@ PAGE_FOLDERS = {
     "packing.md": ("gradtx._packing", "gradtx._core.packed"),
     "testing.md": ("gradtx.testing",),
     "wrappers.md": ("gradtx._wrappers",),
+    "precision.md": ("gradtx._precision",),
 }
 
 

@@ -14,7 +14,13 @@ import jax
 import pytest
 
 DOCS = Path(__file__).parents[1] / "docs"
-PAGES = ["param_groups.md", "training_steps.md", "averages.md", "diagnostics.md"]
+PAGES = [
+    "param_groups.md",
+    "training_steps.md",
+    "averages.md",
+    "diagnostics.md",
+    "precision.md",
+]
 
 
 @pytest.mark.parametrize("page", PAGES)

@@ -27,6 +27,7 @@ LAYERS = {
     "testing": 1,  # the conformance kit: checks any transformation, needs only _core
     "_optimizers": 2,  # named optimizers, built from the knobs and stages
     "_wrappers": 3,  # around any transformation: masking, partitions, skipping
+    "_precision": 4,  # state dtypes, rounding of low-precision params, ZeRO-1, memory report
 }
 TOP = "__init__"  # gradtx/__init__.py re-exports the public names: it may import anything
 

@@ -33,7 +33,7 @@ from .tree import (
     path_str,
 )
 
-__all__ = ["Stage", "increment", "INT32_MAX", "scalar_like", "slot_shapes"]
+__all__ = ["Stage", "increment", "INT32_MAX", "scalar_like", "place_like", "slot_shapes"]
 
 INT32_MAX = 2**31 - 1
 
@@ -46,7 +46,11 @@ def scalar_like(params: Any, value: Any, dtype: Any) -> jax.Array:
     jitted step gives the count it returns, so the step compiles once, not again at the second
     call. Otherwise (one device, abstract or traced params) a plain array.
     """
-    out = jnp.full((), value, dtype)
+    return place_like(params, jnp.full((), value, dtype))
+
+
+def place_like(params: Any, out: jax.Array) -> jax.Array:
+    """A small state entry (a count, a PRNG key) replicated as :func:`scalar_like` places it."""
     for leaf in jax.tree_util.tree_leaves(params):
         if isinstance(leaf, jax.core.Tracer) or not isinstance(leaf, jax.Array):
             continue

@@ -70,7 +70,34 @@ class Optimizer(Chain):
             "order": order,
             "before": [repr(s) for s in self.stages[:idx_k]],
             "after": [repr(s) for s in self.stages[idx_k + 1 : idx_s]],
+            "state_dtypes": self.state_dtypes(),
         }
+
+    def state_dtypes(self) -> dict[str, str]:
+        """Each state slot's storage dtype: a fixed dtype (``"int32"`` for counters,
+        ``"bfloat16"`` for ``mu_dtype=jnp.bfloat16``) or ``"param dtype"`` when it follows the
+        parameter's (found by running ``init`` abstractly on float32, bfloat16 and float16
+        arrays; Adam's ``nu`` is float32 for float16 params, which would overflow)."""
+        import jax  # noqa: PLC0415
+        import jax.numpy as jnp  # noqa: PLC0415
+
+        def slots(dtype: Any) -> dict[str, Any]:
+            out: dict[str, Any] = {}
+            tree = jax.eval_shape(self.init, {"w": jax.ShapeDtypeStruct((2,), dtype)})
+            for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+                names = [getattr(k, "name", getattr(k, "key", None)) for k in path]
+                name = next((n for n in reversed(names) if isinstance(n, str) and n != "w"), "?")
+                out.setdefault(name, leaf.dtype)
+            return out
+
+        a, b, h = slots(jnp.float32), slots(jnp.bfloat16), slots(jnp.float16)
+
+        def say(k: str) -> str:
+            if not (a[k] == jnp.float32 and b.get(k) == jnp.bfloat16):
+                return str(a[k])
+            return "param dtype" if h.get(k) == jnp.float16 else f"param dtype ({h[k]} for float16)"
+
+        return {k: say(k) for k in sorted(a)}
 
     def __repr__(self) -> str:
         return f"gradtx.{self.name}({', '.join(repr(s) for s in self.stages)})"

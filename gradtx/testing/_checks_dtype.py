@@ -37,10 +37,31 @@ def _x64(dtype: np.dtype) -> Any:
     return enable_x64() if dtype.itemsize == 8 else contextlib.nullcontext()
 
 
-def _policy_error(state: Any, dtype: np.dtype) -> str | None:
+def _declared(tx: Any) -> dict[str, Any]:
+    """The storage dtypes ``tx`` declares by slot name (``tx.declared_state_dtypes()``, e.g.
+    :func:`gradtx.with_state_dtypes`), which the policy accepts even when narrower."""
+    fn = getattr(tx, "declared_state_dtypes", None)
+    return dict(fn()) if callable(fn) else {}
+
+
+def _is_declared(path: Any, dtype: Any, declared: dict[str, Any]) -> bool:
+    names = {getattr(k, "name", getattr(k, "key", None)) for k in path}
+    return any(n in declared and jnp.dtype(declared[n]) == dtype for n in names if n)
+
+
+def _is_key_data(path: Any, aval: Any) -> bool:
+    """Raw PRNG key data (``jax.random.key_data``: uint32) in an entry named ``key``."""
+    last = path[-1] if path else None
+    name = getattr(last, "name", getattr(last, "key", None))
+    return aval.dtype == jnp.uint32 and name == "key"
+
+
+def _policy_error(state: Any, dtype: np.dtype, declared: dict | None = None) -> str | None:
     """What in ``state`` (for ``dtype`` params) breaks gradtx's state dtype policy, or None."""
     for path, x in flatten(state)[0]:
         if x is None:
+            continue
+        if declared and _is_declared(path, typeof(x).dtype, declared):
             continue
         aval = typeof(x)
         where = f"with {dtype.name} params, the state leaf {path_str(path)}"
@@ -52,6 +73,8 @@ def _policy_error(state: Any, dtype: np.dtype) -> str | None:
                     f"{where} has dtype {aval.dtype.name}; a state slot should keep the param "
                     f"dtype ({dtype.name}) or be wider"
                 )
+        elif _is_key_data(path, aval):
+            continue
         elif jnp.issubdtype(aval.dtype, jnp.integer):
             if aval.dtype != jnp.int32:
                 return f"{where} has dtype {aval.dtype.name}; step counters should be int32"
@@ -112,8 +135,10 @@ def check_dtypes(
       the state from ``init``.
     - ``dtypes.policy`` (advisory): every floating state leaf has the param dtype or a wider
       one (more bytes: float32 moments for bfloat16 params are fine, float16 ones for float32
-      params are not), every integer one (a step counter) is int32, every bool one is a
-      scalar flag, none is weakly typed.
+      params are not) unless the transformation declares that slot's storage dtype
+      (``declared_state_dtypes()``, as ``gradtx.with_state_dtypes`` does), every integer one (a step
+      counter) is int32 or uint32 PRNG key data in an entry named ``key``, every bool one is
+      a scalar flag, none is weakly typed.
     - ``dtypes.finite`` (advisory, with ``finite``): finite gradients give finite updates and
       state.
 
@@ -121,6 +146,7 @@ def check_dtypes(
     """
     report = new_report(tx, report, name, strict)
     step = stepper(tx, dict(extra_args or {}))
+    declared = _declared(tx)
     done = []
     for dt in dtypes:
         dt = jnp.dtype(dt)
@@ -145,7 +171,7 @@ def check_dtypes(
                 trees += [(f"update {i}", updates), (f"the state after update {i}", state)]
             if "dtypes.policy" not in report.misses:
                 with report.advisory():
-                    why = _policy_error(state0, dt)
+                    why = _policy_error(state0, dt, declared)
                     if why:
                         raise report.fail("dtypes.policy", why)
             if finite and "dtypes.finite" not in report.misses:
