@@ -71,3 +71,19 @@ def test_weakly_typed_params_give_strongly_typed_state(make):
         if getattr(x, "weak_type", False)
     ]
     assert weak == [], f"{tx.name}: weakly typed state at {weak}"
+
+
+@pytest.mark.parametrize("make", [m for _, m in CASES], ids=[i for i, _ in CASES])
+def test_init_lowers_ahead_of_time_on_abstract_params(make):
+    """``init`` on ``jax.ShapeDtypeStruct`` params: ``jax.eval_shape`` and AOT lowering
+    (``jax.jit(tx.init).lower``) give the state's shapes and dtypes without any array, equal
+    to those of an eager ``init`` on real params."""
+    params = {"w": jnp.ones((3, 2), jnp.float32), "b": jnp.zeros((2,), jnp.bfloat16)}
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params)
+    tx = make()
+    eager = jax.tree.map(lambda x: (x.shape, x.dtype), tx.init(params))
+    shaped = jax.tree.map(lambda x: (x.shape, x.dtype), jax.eval_shape(tx.init, abstract))
+    lowered = jax.jit(tx.init).lower(abstract)
+    aot = jax.tree.map(lambda x: (x.shape, x.dtype), lowered.out_info)
+    assert shaped == eager, tx.name
+    assert jax.tree_util.tree_leaves(aot) == jax.tree_util.tree_leaves(eager), tx.name
