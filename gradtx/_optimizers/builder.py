@@ -6,6 +6,9 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any
 
+import jax
+import jax.numpy as jnp
+
 from .._core.chain import Chain
 from .._core.knobs import Direction, Knobs, Scale
 from .._core.state import State, builder, with_builder
@@ -78,16 +81,14 @@ class Optimizer(Chain):
         ``"bfloat16"`` for ``mu_dtype=jnp.bfloat16``) or ``"param dtype"`` when it follows the
         parameter's (found by running ``init`` abstractly on float32, bfloat16 and float16
         arrays; Adam's ``nu`` is float32 for float16 params, which would overflow)."""
-        import jax  # noqa: PLC0415
-        import jax.numpy as jnp  # noqa: PLC0415
 
         def slots(dtype: Any) -> dict[str, Any]:
             out: dict[str, Any] = {}
             tree = jax.eval_shape(self.init, {"w": jax.ShapeDtypeStruct((2,), dtype)})
             for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
-                names = [getattr(k, "name", getattr(k, "key", None)) for k in path]
-                name = next((n for n in reversed(names) if isinstance(n, str) and n != "w"), "?")
-                out.setdefault(name, leaf.dtype)
+                # State entries are attribute keys (``.knobs.nu``), the param a dict key
+                names = [k.name for k in path if isinstance(k, jax.tree_util.GetAttrKey)]
+                out.setdefault(names[-1] if names else "?", leaf.dtype)
             return out
 
         a, b, h = slots(jnp.float32), slots(jnp.bfloat16), slots(jnp.float16)

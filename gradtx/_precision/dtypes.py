@@ -14,15 +14,16 @@ name is the entry's name (``mu``, ``nu``, ``acc``, ``mini_step`` ...). Per step:
     s'      = s32' rounded to each slot's storage dtype (round to nearest, or stochastically)
 
 so the arithmetic is float32 or wider whatever the storage (and the hyperparameters, computed
-in the rule, stay float32 for bfloat16 models), and XLA fuses the casts into the update.
+in the rule, stay float32 for bfloat16 models).
 Defaults, without a policy: every slot is stored in its parameter's dtype (optax's default too;
 ``mu_dtype``, kept on the optimizers where optax has it, sets ``mu`` alone), step counters are
 int32; ``Optimizer.describe()["state_dtypes"]`` and :func:`gradtx.memory_report` show them.
 
 ``rounding="stochastic"`` rounds each narrowed slot up or down at random with the probabilities
 that keep it unbiased (:mod:`gradtx._core.rounding`); the key is ``fold_in(fold_in(key, count),
-leaf)``, deterministic per step and leaf, from a ``key`` (raw ``uint32`` key data, so checkpoints
-keep it) and a ``count`` in the state. A bfloat16 second moment with round to nearest ratchets
+leaf)``, deterministic per step and leaf, from a ``key`` (raw ``uint32`` key data, a plain
+array in checkpoints) and a ``count`` in the state. A bfloat16 second moment with round to
+nearest ratchets
 (each ``β₂·v + (1 − β₂)·g²`` step is a relative change of ~1e-3, below bfloat16's half ulp of
 2e-3, so it rounds to whichever neighbour is nearer and the drift does not average out);
 stochastic rounding keeps ``E[v]`` on the float32 value (tests/test_state_dtypes.py measures it).
@@ -32,6 +33,7 @@ References: Zamirai et al. 2020, "Revisiting BFloat16 Training"; optax issue #15
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -146,15 +148,18 @@ class WithStateDtypes(GradientTransformation):
         """The policy, for the conformance kit: these slots are narrower on purpose."""
         return self.policy
 
+    def _store(self, name: str, v: Any) -> Any:
+        """Slot ``v`` cast to its storage dtype (round to nearest) if the policy names it."""
+        dt = self.policy.get(name)
+        return v if dt is None else _float_leaves(lambda x: x.astype(dt), v)
+
     def _inner_init(self, params: Any) -> Any:
         policy = self.policy
         found: set[str] = set()
 
         def cast(name: str, v: Any) -> Any:
             found.add(name)
-            if name not in policy:
-                return v
-            return _float_leaves(lambda x: x.astype(policy[name]), v)
+            return self._store(name, v)
 
         state = map_slots(self.inner.init(params), cast)
         unknown = sorted(set(policy) - found)
@@ -177,8 +182,9 @@ class WithStateDtypes(GradientTransformation):
     def update(
         self, updates: Any, state: Any, params: Any | None = None, **extra: Any
     ) -> tuple[Any, State]:
-        entries_needed = ("count", "key", "inner_state") if self.rounding == "stochastic" else ()
-        check_args(self.name, state, entries_needed or ("inner_state",), updates, params)
+        stochastic = self.rounding == "stochastic"
+        needed = ("count", "key", "inner_state") if stochastic else ("inner_state",)
+        check_args(self.name, state, needed, updates, params)
         policy = self.policy
 
         def widen(name: str, v: Any) -> Any:
@@ -193,10 +199,11 @@ class WithStateDtypes(GradientTransformation):
         wide = map_slots(state["inner_state"], widen)
         out, new_inner = self.inner.update(updates, wide, params, **extra)
         entries: dict[str, Any] = {}
-        if self.rounding == "stochastic":
+        narrow = self._store
+        if stochastic:
             step = state["count"]
             base = jax.random.wrap_key_data(state["key"])
-            counter = iter(range(1 << 30))
+            counter = itertools.count()  # a leaf index, in map_slots' fixed order
 
             def narrow(name: str, v: Any) -> Any:
                 if name not in policy:
@@ -208,13 +215,6 @@ class WithStateDtypes(GradientTransformation):
 
             entries["count"] = increment(step)
             entries["key"] = state["key"]
-        else:
-
-            def narrow(name: str, v: Any) -> Any:
-                if name not in policy:
-                    return v
-                return _float_leaves(lambda x: x.astype(policy[name]), v)
-
         entries["inner_state"] = map_slots(new_inner, narrow)
         return out, State(entries)
 
