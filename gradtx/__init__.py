@@ -86,6 +86,14 @@ from ._precision.dtypes import WithStateDtypes as WithStateDtypes
 from ._precision.dtypes import with_state_dtypes as with_state_dtypes
 from ._precision.memory import MemoryReport as MemoryReport
 from ._precision.memory import memory_report as memory_report
+from ._precision.offload import OffloadState as OffloadState
+from ._precision.offload import memory_kinds as memory_kinds
+from ._precision.offload import offload_state as offload_state
+from ._precision.param_rounding import RoundParams as RoundParams
+from ._precision.param_rounding import round_params as round_params
+from ._precision.zero import ShardPlan as ShardPlan
+from ._precision.zero import ShardState as ShardState
+from ._precision.zero import shard_state as shard_state
 from ._scale.adam import AdamaxScale as AdamaxScale
 
 # σ, per-parameter scale

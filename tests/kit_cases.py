@@ -186,6 +186,14 @@ FACTORIES: dict[str, list[tuple[str, Callable[[], Any]]] | None] = {
             ),
         ),
     ],
+    "round_params": [
+        ("round_params_stochastic", lambda: gradtx.round_params(gradtx.sgd(0.1, momentum=0.9))),
+        (
+            "round_params_kahan",
+            lambda: gradtx.round_params(gradtx.adam(SCHEDULE), rounding="kahan"),
+        ),
+    ],
+    "RoundParams": [("RoundParams_class", lambda: gradtx.RoundParams(gradtx.sgd(0.1), "kahan"))],
     "skip_spikes": [
         (
             "skip_spikes",
@@ -204,6 +212,35 @@ FACTORIES: dict[str, list[tuple[str, Callable[[], Any]]] | None] = {
     "WithStateDtypes": [
         ("WithStateDtypes_class", lambda: gradtx.WithStateDtypes(gradtx.adam(1e-3), {"nu": BF16}))
     ],
+    # ZeRO-1 over the axis the kit's sharding check names "kit" (its params are sharded over
+    # it there, so the slots follow them); the one-device mesh is used where the kit's params
+    # are on no mesh (every other check)
+    "shard_state": [
+        (
+            "shard_state_adamw",
+            lambda: gradtx.shard_state(
+                gradtx.adamw(1e-3, weight_decay=0.01),
+                "kit",
+                mesh=jax.sharding.Mesh(np.array(jax.devices()[:1]), ("kit",)),
+            ),
+        )
+    ],
+    "ShardState": [
+        (
+            "ShardState_class",
+            lambda: gradtx.ShardState(
+                gradtx.sgd(0.1, momentum=0.9),
+                "kit",
+                jax.sharding.Mesh(np.array(jax.devices()[:1]), ("kit",)),
+            ),
+        )
+    ],
+    # offload_state works on CPU (pinned_host exists there), but the kit's sharding rule
+    # compares memory kinds (gradtx/testing/_checks_sharding.py `_same`) and the slots are on
+    # pinned_host on purpose: tests/test_offload.py runs every other check, strict, and checks
+    # the placement over the devices itself
+    "offload_state": None,
+    "OffloadState": None,
     "SwaParams": [("SwaParams_class", lambda: gradtx.SwaParams(gradtx.sgd(0.1), start=2))],
     "swa_params": [
         ("swa_params", lambda: gradtx.swa_params(gradtx.sgd(0.1, 0.9), start=1, every=2))

@@ -21,6 +21,7 @@ from .context import Context, SegmentContext
 from .numerics import compute_dtype
 from .packed import flat_segments, logical_tree, packed_mask
 from .pieces import init_pieces, update_pieces
+from .placement import follow, place_like, scalar_like
 from .state import State
 from .struct import FrozenTree, has_schedule, resolve
 from .transformation import GradientTransformation
@@ -36,30 +37,6 @@ from .tree import (
 __all__ = ["Stage", "increment", "INT32_MAX", "scalar_like", "place_like", "slot_shapes"]
 
 INT32_MAX = 2**31 - 1
-
-
-def scalar_like(params: Any, value: Any, dtype: Any) -> jax.Array:
-    """A scalar state entry (a step count) placed as a jitted step over ``params`` returns it.
-
-    When the first array leaf of ``params`` is sharded with a :class:`jax.sharding.NamedSharding`,
-    the scalar is replicated on the same mesh (``NamedSharding(mesh, P())``): the placement a
-    jitted step gives the count it returns, so the step compiles once, not again at the second
-    call. Otherwise (one device, abstract or traced params) a plain array.
-    """
-    return place_like(params, jnp.full((), value, dtype))
-
-
-def place_like(params: Any, out: jax.Array) -> jax.Array:
-    """A small state entry (a count, a PRNG key) replicated as :func:`scalar_like` places it."""
-    for leaf in jax.tree_util.tree_leaves(params):
-        if isinstance(leaf, jax.core.Tracer) or not isinstance(leaf, jax.Array):
-            continue
-        sharding = getattr(leaf, "sharding", None)
-        if isinstance(sharding, jax.sharding.NamedSharding) and len(sharding.device_set) > 1:
-            replicated = jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())
-            return jax.device_put(out, replicated)
-        break
-    return out
 
 
 def increment(count: jax.Array) -> jax.Array:
@@ -161,6 +138,7 @@ class Stage(GradientTransformation):
                 slots = init_pieces(self, p, seg, on)
             else:
                 slots = self.init_leaf(p)
+            slots = {s: follow(p, v) for s, v in slots.items()}  # placed as the step returns
             if set(slots) != set(self.slots):
                 raise TypeError(
                     f"gradtx.{self.name}: init_leaf returned slots {sorted(slots)} at "

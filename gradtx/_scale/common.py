@@ -27,9 +27,9 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-from jax.sharding import AxisType, NamedSharding, PartitionSpec
 
 from .._core.numerics import abs_sq, one_minus_pow, real, safe_sqrt
+from .._core.placement import step_sharding
 
 __all__ = [
     "debias",
@@ -51,36 +51,6 @@ def moment_dtype(dtype: Any) -> Any:
     """The dtype a second-moment slot of a ``dtype`` parameter is stored in: float32 for
     float16 (whose range the squares of its gradients overflow), else ``dtype`` itself."""
     return jnp.float32 if jnp.dtype(dtype) == jnp.float16 else dtype
-
-
-def step_sharding(param: Any, entries: tuple | None) -> NamedSharding | None:
-    """The sharding a jitted step returns for a state array derived from ``param``.
-
-    ``entries`` gives the mesh axes of each dimension of the state array (``None`` to use
-    ``param``'s own spec). ``None`` unless ``param`` is a concrete array with a
-    :class:`~jax.sharding.NamedSharding`. The spec is written as jit writes its outputs' specs:
-    one entry per dimension on a mesh with explicit axes, trailing ``None`` entries dropped on
-    an auto mesh (``P('x', None)`` comes back as ``P('x')``, a different cache key; a state
-    array shaped like a param given as ``P(None)`` as ``P(None)``), so state
-    fed back into the step does not make it compile again.
-    """
-    if isinstance(param, jax.core.Tracer) or not isinstance(param, jax.Array):
-        return None
-    sharding = getattr(param, "sharding", None)
-    if not isinstance(sharding, NamedSharding):
-        return None
-    spec = tuple(sharding.spec)
-    # A params-shaped array of a param given as P(None) (or P(None, None)) comes back as
-    # P(None) on an auto mesh; other specs lose all their trailing ``None`` entries there.
-    keep = 1 if entries is None and spec and all(e is None for e in spec) else 0
-    if entries is None:
-        entries = spec + (None,) * (param.ndim - len(spec))
-    explicit = any(t == AxisType.Explicit for t in getattr(sharding.mesh, "axis_types", ()))
-    entries = tuple(entries)
-    if not explicit:
-        while len(entries) > keep and entries[-1] is None:
-            entries = entries[:-1]
-    return NamedSharding(sharding.mesh, PartitionSpec(*entries))
 
 
 def moment_full(param: jax.Array, value: Any = 0.0) -> jax.Array:

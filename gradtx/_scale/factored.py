@@ -12,6 +12,7 @@ import numpy as np
 from .._core.context import Context
 from .._core.knobs import Scale
 from .._core.numerics import abs_sq, real, safe_sqrt
+from .._core.placement import follow
 from .._core.struct import hyper, static
 from .common import moment_dtype, step_sharding
 
@@ -39,9 +40,14 @@ def _stat_zeros(param: jax.Array, shape: tuple[int, ...], drop: int | None | str
     Placed as the jitted step returns it (see :func:`gradtx._scale.step_sharding`) when
     ``param`` is sharded with a ``NamedSharding``: the param's spec without axis ``drop`` (a
     row or column statistic), the param's spec (``drop="full"``: the unfactored moment), or
-    replicated (``drop=None``: a 1-element placeholder).
+    replicated (``drop=None``: a 1-element placeholder). A traced param: see
+    :func:`gradtx._core.placement.follow`.
     """
     dtype = moment_dtype(param.dtype)
+    if isinstance(param, jax.core.Tracer) and isinstance(drop, int):
+        # traced (jitted init): the sum of zeros placed like the param, so the statistic gets
+        # the param's sharding without axis ``drop`` as the step's reduction gives it
+        return jnp.sum(follow(param, jnp.zeros(param.shape, dtype)), axis=drop)
     sharding = None
     if drop == "full":
         sharding = step_sharding(param, None)
