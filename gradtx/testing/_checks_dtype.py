@@ -154,15 +154,12 @@ def check_dtypes(
         with _x64(dt):
             p = cast_params(params, dt)
             g = make_grads(p)
-            # one compilation per dtype for all the updates (eager dispatch compiled every
-            # primitive of the step for every dtype); init stays eager
-            jstep = jax.jit(lambda g, s, p: step(tx, g, s, p))
             with guard(report, check, f"init with {dt.name} params"):
                 state0 = state = tx.init(p)
             trees = [("the state from init", state0)]
             for i in range(1, steps + 1):
                 with guard(report, check, f"update {i} with {dt.name} params"):
-                    updates, state = jstep(g, state, p)
+                    updates, state = step(tx, g, state, p)
                 why = _update_dtype_error(updates, p, i)
                 if why:
                     raise report.fail(check, why)
