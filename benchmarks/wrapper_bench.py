@@ -4,6 +4,7 @@ memory against optax's MultiSteps.
 Usage (from the repository root)::
 
     PYTHONPATH=. python benchmarks/wrapper_bench.py OUT.jsonl [--small] [--rounds N]
+        [--wrapped-only]
 
 Section ``ab-wrapped`` (interleaved rounds, ``ab_bench.ab``: compile-order and input-order
 effects controlled, ratios per round): on the transformer tree, the plain clip+adamw+sched
@@ -11,7 +12,8 @@ step (the reference) against the same optimizer wrapped as a user of the trainin
 would: parameter groups (no weight decay on biases and norms), gradient accumulation
 (``MultiSteps``, k = 1 so that every call is an optimizer step), a non-finite guard
 (``skip_nonfinite``) and an EMA of the parameters (``ema_params``); also the wrappers one at a
-time, and optax's plain chain.
+time, and optax's plain chain. The guard is timed in both forms: the default ``lax.cond`` and
+``in_place=True`` (each slot kept where its stage computes it), alone and in the wrapped step.
 
 Section ``accumulation-memory``: ``MultiSteps(adamw, k=4)``, gradtx's and optax's, one
 micro-step compiled with params and state donated; XLA's memory analysis (arguments, outputs,
@@ -46,9 +48,16 @@ def wrapped_section() -> None:
         "gradtx groups": groups,
         "gradtx MultiSteps(k=1)": gradtx.MultiSteps(gtx, 1),
         "gradtx skip_nonfinite": gradtx.skip_nonfinite(gtx),
+        "gradtx skip_nonfinite(in_place)": gradtx.skip_nonfinite(gtx, in_place=True),
         "gradtx ema_params": gradtx.ema_params(gtx, 0.999),
         "gradtx all four": gradtx.MultiSteps(
             gradtx.ema_params(gradtx.skip_nonfinite(groups), 0.999), 1
+        ),
+        "gradtx all four (in_place)": gradtx.MultiSteps(
+            gradtx.ema_params(gradtx.skip_nonfinite(groups, in_place=True), 0.999), 1
+        ),
+        "gradtx groups + skip(in_place) + ema": gradtx.ema_params(
+            gradtx.skip_nonfinite(groups, in_place=True), 0.999
         ),
     }
     base = {"section": "ab-wrapped", "tree": "transformer", "leaves": len(shp)}
@@ -100,7 +109,8 @@ def memory_section() -> None:
 def main() -> None:
     sb.emit({"section": "env", "jax": jax.__version__, "optax": optax.__version__,
              "device": str(jax.devices()[0]), "small": sb.SMALL})  # fmt: skip
-    memory_section()
+    if "--wrapped-only" not in sys.argv:
+        memory_section()
     wrapped_section()
 
 

@@ -13,8 +13,14 @@ learning rate is scaled by 0.5 and the weight decay doubled with ``gradtx.set_hy
 (``train_step`` is traced once, counted in ``results.json``), kept in the checkpoint. Each step
 also returns ``gradtx.diagnostics`` (norms, clip fraction, η/σ per group): ``diagnostics.png``.
 
+With ``--packed`` the train state is ``gradtx.PackedTrainState.create(...)``: its params are
+packed (``apply_fn`` reads views, the gradients come as buffers), the step and the checkpoint
+code are unchanged, and the msgpack file holds the ordinary tree. ``gradtx.groups`` refuses
+packed trees, so there the biases' exemption from weight decay is the decay stage's own mask.
+
     python examples/flax_linen_trainstate.py --out runs/linen_digits          # full
     python examples/flax_linen_trainstate.py --out runs/linen_digits --quick  # reduced, for tests
+    python examples/flax_linen_trainstate.py --out runs/linen_digits --packed # packed layout
 
 Writes ``loss_curve.png``, ``checkpoint_half.msgpack`` and ``results.json`` to ``--out``;
 ``main(argv)`` returns the results dict.
@@ -83,19 +89,36 @@ def accuracy(state: train_state.TrainState, x: jax.Array, y: jax.Array) -> jax.A
     return jnp.mean((jnp.argmax(logits, axis=-1) == y).astype(jnp.float32))
 
 
+def decays(params: Any) -> Any:
+    """The weight decay's mask for --packed: the kernels (``gradtx.no_decay`` exempts this
+    MLP's biases, its only leaves of fewer than 2 dimensions)."""
+    return jax.tree_util.tree_map(lambda p: p.ndim >= 2, params)
+
+
 def make_tx(cfg: argparse.Namespace, total_steps: int) -> Any:
     schedule = gradtx.schedules.warmup_cosine_decay(
         0.0, cfg.lr, warmup_steps=max(total_steps // 10, 1), decay_steps=total_steps
     )
+    if cfg.packed:  # no decay on the biases as the decay stage's own mask (packing keeps it)
+        adamw = gradtx.adamw(schedule, weight_decay=cfg.weight_decay, mask=decays)
+        return gradtx.live(gradtx.chain(gradtx.clip_by_global_norm(1.0), adamw))
     adamw = gradtx.adamw(schedule, weight_decay=cfg.weight_decay)
     groups = gradtx.groups(adamw, [gradtx.group("no_decay", gradtx.no_decay, weight_decay=0.0)])
     return gradtx.live(gradtx.chain(gradtx.clip_by_global_norm(1.0), groups))
 
 
+def live_names(cfg: argparse.Namespace) -> tuple[list[str], str]:
+    """The live names of the learning rates and of the main weight decay."""
+    if cfg.packed:
+        return ["learning_rate"], "weight_decay"
+    return ["default.learning_rate", "no_decay.learning_rate"], "default.weight_decay"
+
+
 def fresh_state(cfg: argparse.Namespace, tx: Any) -> train_state.TrainState:
     model = MLP(cfg.hidden)
     params = model.init(jax.random.key(cfg.seed), jnp.zeros((1, 64), jnp.float32))["params"]
-    return train_state.TrainState.create(apply_fn=model.apply, params=params, tx=tx)
+    kind = gradtx.PackedTrainState if cfg.packed else train_state.TrainState
+    return kind.create(apply_fn=model.apply, params=params, tx=tx)
 
 
 def run(
@@ -111,7 +134,8 @@ def run(
             DIAGNOSTICS.append(diag)
         losses.extend(float(v) for v in jax.device_get(epoch))
         if bar is not None:
-            lr = float(gradtx.current_learning_rate(state.tx, state.opt_state)["default"])
+            lr = gradtx.current_learning_rate(state.tx, state.opt_state)
+            lr = float(lr["default"] if isinstance(lr, dict) else lr)
             bar.update(1)
             bar.set_postfix(loss=f"{np.mean(losses[-len(epoch) :]):.4f}", lr=f"{lr:.2e}")
     return state, losses
@@ -140,6 +164,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=3e-3, help="peak of the warm-up-cosine η")
     p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--packed", action="store_true", help="gradtx.PackedTrainState: packed params")
     p.add_argument("--no-progress", dest="progress", action="store_false")
     cfg = p.parse_args(argv)
     cfg.epochs = cfg.epochs or (4 if cfg.quick else 12)
@@ -164,10 +189,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         traces = TRACES["train_step"]
         state, losses = run(fresh_state(cfg, tx), x_tr, y_tr, order[:half], bar)
         # live changes for the second half, on the TrainState itself: no new program
-        state = gradtx.set_schedule_multipliers(
-            state, **{"default.learning_rate": 0.5, "no_decay.learning_rate": 0.5}
-        )
-        state = gradtx.set_hyperparams(state, **{"default.weight_decay": 2 * cfg.weight_decay})
+        lr_names, decay_name = live_names(cfg)
+        state = gradtx.set_schedule_multipliers(state, **{n: 0.5 for n in lr_names})
+        state = gradtx.set_hyperparams(state, **{decay_name: 2 * cfg.weight_decay})
         ckpt = cfg.out / "checkpoint_half.msgpack"
         ckpt.write_bytes(serialization.to_bytes(state))
         state, more = run(state, x_tr, y_tr, order[half:], bar)
@@ -181,7 +205,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     # Resume: a template from the same code (init only gives the structure), filled from disk.
     template = fresh_state(cfg, tx)
     resumed = serialization.from_bytes(template, ckpt.read_bytes())
-    restored_decay = float(resumed.opt_state.hyperparams["default.weight_decay"])
+    restored_decay = float(resumed.opt_state.hyperparams[decay_name])
     assert isinstance(resumed.opt_state, gradtx.State), type(resumed.opt_state)
     assert int(resumed.step) == half * steps
     resumed, _ = run(resumed, x_tr, y_tr, order[half:], None)
@@ -206,6 +230,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "example": "flax_linen_trainstate",
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(cfg).items()},
         "tx": repr(tx),
+        "packed": cfg.packed,
         "steps": total,
         "final_train_loss": float(np.mean(losses[-steps:])),
         "train_accuracy": float(accuracy(state, x_tr, y_tr)),
@@ -215,7 +240,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "resume_bit_identical": identical,
         "traces": traces,
         "restored_weight_decay": restored_decay,
-        "groups": sorted({row.group for row in gradtx.explain(tx, state.params).rows}),
+        "groups": sorted(
+            {row.group for row in gradtx.explain(tx, gradtx.unpack(state.params)).rows}
+        ),
         "clipped_steps": int(np.sum(np.asarray(history["clip_fraction"]) > 0)),
         "files": {
             "loss_curve": str(png),

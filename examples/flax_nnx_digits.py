@@ -11,8 +11,14 @@ no recompilation: the step is traced once, counted in ``results.json``), and per
 diagnostics (``gradtx.diagnostics``: gradient norms, clip fraction, η/σ per group), drawn for
 the main run by ``gradtx.plot_diagnostics`` into ``diagnostics.png``.
 
+With ``--packed`` the optimizer is ``gradtx.PackedOptimizer(model, tx, wrt=nnx.Param)``: the
+same step on the packed layout (the small params' optimizer state in a few buffers, one fused
+pass per buffer), the model and the training step unchanged. ``gradtx.groups`` refuses packed
+trees, so there the biases' exemption from weight decay is the decay stage's own mask.
+
     python examples/flax_nnx_digits.py --out runs/nnx_digits          # full: ~99% test accuracy
     python examples/flax_nnx_digits.py --out runs/nnx_digits --quick  # reduced, for tests
+    python examples/flax_nnx_digits.py --out runs/nnx_digits --packed # the packed layout
 
 The digits (1797 8x8 images bundled with scikit-learn, no download) are split 80/20 with a
 fixed seed; the training images are augmented with their one-pixel shifts. Writes
@@ -41,14 +47,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from digits_data import batches, cross_entropy, load_data  # noqa: E402
 
-# Per optimizer: a factory taking the learning-rate schedule, and the schedule's peak. One
-# warm-up-cosine shape for all; each peak is on the optimizer's usual scale (SGD's steps are
-# gradients, so larger; Lion's are signs of size 1, so smaller than AdamW's).
+# Per optimizer: a factory taking the learning-rate schedule (and, for --packed, the weight
+# decay's mask), and the schedule's peak. One warm-up-cosine shape for all; each peak is on the
+# optimizer's usual scale (SGD's steps are gradients, so larger; Lion's are signs of size 1,
+# so smaller than AdamW's).
 OPTIMIZERS: dict[str, tuple[Any, float]] = {
-    "adamw": (lambda lr: gradtx.adamw(lr, weight_decay=1e-4), 3e-3),
-    "sgd_momentum": (lambda lr: gradtx.sgd(lr, momentum=0.9, nesterov=True), 5e-2),
-    "rmsprop": (lambda lr: gradtx.rmsprop(lr, decay=0.99), 1e-3),
-    "lion": (lambda lr: gradtx.lion(lr, weight_decay=1e-2), 1e-3),
+    "adamw": (lambda lr, mask=None: gradtx.adamw(lr, weight_decay=1e-4, mask=mask), 3e-3),
+    "sgd_momentum": (lambda lr, mask=None: gradtx.sgd(lr, momentum=0.9, nesterov=True), 5e-2),
+    "rmsprop": (lambda lr, mask=None: gradtx.rmsprop(lr, decay=0.99), 1e-3),
+    "lion": (lambda lr, mask=None: gradtx.lion(lr, weight_decay=1e-2, mask=mask), 1e-3),
 }
 
 
@@ -75,6 +82,12 @@ def wrap(base: Any) -> Any:
     return gradtx.live(gradtx.chain(gradtx.clip_by_global_norm(1.0), groups))
 
 
+def decays(params: Any) -> Any:
+    """The weight decay's mask for --packed: the kernels (``gradtx.no_decay`` exempts this
+    MLP's biases, its only leaves of fewer than 2 dimensions)."""
+    return jax.tree_util.tree_map(lambda p: p.ndim >= 2, params)
+
+
 @nnx.jit
 def train_step(
     model: MLP, optimizer: nnx.Optimizer, x: jax.Array, y: jax.Array
@@ -84,6 +97,8 @@ def train_step(
     before = jax.tree_util.tree_map(lambda v: v, optimizer.opt_state)  # the values, copied
     params = nnx.state(model, nnx.Param)
     optimizer.update(model, grads)
+    if isinstance(optimizer, gradtx.PackedOptimizer):  # what tx saw: the packed layout
+        grads, params = optimizer.pack(grads), optimizer.pack(params)
     diag = gradtx.diagnostics(optimizer.tx, grads, before, params, new_state=optimizer.opt_state)
     return loss, diag
 
@@ -100,9 +115,13 @@ def train(name: str, cfg: argparse.Namespace, data: tuple, order: np.ndarray) ->
     schedule = gradtx.schedules.warmup_cosine_decay(
         0.0, peak * cfg.lr_scale, warmup_steps=max(total // 10, 1), decay_steps=total
     )
-    tx = wrap(make(schedule))
+    if cfg.packed:  # the decay stage's own mask: packing keeps it exact
+        tx = gradtx.live(gradtx.chain(gradtx.clip_by_global_norm(1.0), make(schedule, decays)))
+    else:
+        tx = wrap(make(schedule))
     model = MLP(cfg.hidden, rngs=nnx.Rngs(cfg.seed))
-    optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+    kind = gradtx.PackedOptimizer if cfg.packed else nnx.Optimizer
+    optimizer = kind(model, tx, wrt=nnx.Param)
     params = nnx.state(model, nnx.Param)
     groups = sorted({row.group for row in gradtx.explain(tx, params).rows})
     # the live names of the scheduled learning rates, one per group ("default.learning_rate")
@@ -127,6 +146,8 @@ def train(name: str, cfg: argparse.Namespace, data: tuple, order: np.ndarray) ->
     return {
         "optimizer": name,
         "tx": repr(tx),
+        "packed": cfg.packed,
+        "layout": repr(optimizer.layout) if cfg.packed else None,
         "peak_learning_rate": peak * cfg.lr_scale,
         "steps": total,
         "losses": losses,
@@ -185,6 +206,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--lr-scale", type=float, default=1.0, help="multiplies every peak η")
     p.add_argument(
         "--optimizers", default=",".join(OPTIMIZERS), help="comma-separated; the first is main"
+    )
+    p.add_argument(
+        "--packed", action="store_true", help="gradtx.PackedOptimizer: the packed layout"
     )
     p.add_argument("--no-progress", dest="progress", action="store_false")
     cfg = p.parse_args(argv)

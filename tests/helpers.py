@@ -270,7 +270,14 @@ PROBLEMS: list[Problem] = [
 
 
 #: Modules of gradtx/_optimizers/ that are not a family of named optimizers.
-_NOT_FAMILIES = {"builder", "common", "optax_names", "hyperparams", "schedule_free"}
+_NOT_FAMILIES = {
+    "builder",
+    "common",
+    "optax_names",
+    "optax_names_extra",
+    "hyperparams",
+    "schedule_free",
+}
 
 
 def named_optimizer_names() -> set[str]:
@@ -284,5 +291,6 @@ def named_optimizer_names() -> set[str]:
     out: set[str] = set()
     for m in pkgutil.iter_modules(pkg.__path__):
         if m.name not in _NOT_FAMILIES:
-            out |= set(importlib.import_module(f"{pkg.__name__}.{m.name}").__all__)
+            names = importlib.import_module(f"{pkg.__name__}.{m.name}").__all__
+            out |= {n for n in names if not n.startswith("scale_by_")}  # optax's update-only forms
     return out

@@ -21,6 +21,7 @@ import numpy as np
 
 import gradtx
 from gradtx import GradientTransformation
+from gradtx.testing import default_params
 
 __all__ = ["FACTORIES", "KIT_ARGS", "NOT_TRANSFORMATIONS", "CASES", "discover", "decay_mask"]
 
@@ -62,6 +63,27 @@ FACTORIES: dict[str, list[tuple[str, Callable[[], Any]]] | None] = {
     "yogi": [("yogi", lambda: gradtx.yogi(1e-3))],
     "radam": [("radam", lambda: gradtx.radam(1e-3))],
     "lion": [("lion", lambda: gradtx.lion(1e-4))],
+    # issue 13: Muon (its stage alone too), ADOPT, AdEMAMix, the cautious wrapper
+    "muon": [("muon", lambda: gradtx.muon(0.02, weight_decay=0.01))],
+    "scale_by_muon": [("scale_by_muon", lambda: gradtx.scale_by_muon())],
+    "orthogonalize": [
+        (
+            "orthogonalize_consistent_rms",
+            lambda: gradtx.orthogonalize(scaling="consistent_rms", consistent_rms=0.2),
+        )
+    ],
+    "adopt": [("adopt", lambda: gradtx.adopt(1e-3))],
+    "scale_by_adopt": [("scale_by_adopt", lambda: gradtx.scale_by_adopt(nesterov=True))],
+    "ademamix": [
+        (
+            "ademamix_warmups",
+            lambda: gradtx.ademamix(1e-3, alpha_warmup_steps=5, b3_warmup_steps=5),
+        )
+    ],
+    "scale_by_ademamix": [("scale_by_ademamix", lambda: gradtx.scale_by_ademamix())],
+    "cautious": [
+        ("cautious_adamw", lambda: gradtx.cautious(gradtx.adamw(1e-3, weight_decay=0.01)))
+    ],
     "lamb": [("lamb", lambda: gradtx.lamb(1e-3, weight_decay=0.01))],
     "lars": [("lars", lambda: gradtx.lars(0.1, weight_decay=1e-4))],
     "adafactor": [
@@ -77,6 +99,23 @@ FACTORIES: dict[str, list[tuple[str, Callable[[], Any]]] | None] = {
             ),
         ),
     ],
+    # optax's remaining named optimizers (tests/test_optax_remaining*.py)
+    "adamaxw": [
+        ("adamaxw_masked", lambda: gradtx.adamaxw(1e-3, weight_decay=0.01, mask=decay_mask))
+    ],
+    "adan": [("adan", lambda: gradtx.adan(SCHEDULE, weight_decay=0.01))],
+    "novograd": [("novograd", lambda: gradtx.novograd(1e-3, weight_decay=0.01))],
+    "optimistic_gradient_descent": [
+        ("optimistic_gradient_descent", lambda: gradtx.optimistic_gradient_descent(0.1))
+    ],
+    "optimistic_adam": [("optimistic_adam", lambda: gradtx.optimistic_adam(1e-3))],
+    "optimistic_adam_v2": [("optimistic_adam_v2", lambda: gradtx.optimistic_adam_v2(SCHEDULE))],
+    "signum": [("signum", lambda: gradtx.signum(1e-3))],
+    "rprop": [("rprop", lambda: gradtx.rprop(1e-3))],
+    "sm3": [("sm3", lambda: gradtx.sm3(0.1))],
+    "fromage": [("fromage_scheduled", lambda: gradtx.fromage(SCHEDULE))],
+    "noisy_sgd": [("noisy_sgd", lambda: gradtx.noisy_sgd(0.1, key=0))],
+    "polyak_sgd": [("polyak_sgd", lambda: gradtx.polyak_sgd())],
     # stages and combinators
     "clip": [("clip", lambda: gradtx.clip(1.0))],
     "clip_by_global_norm": [("clip_by_global_norm", lambda: gradtx.clip_by_global_norm(1.0))],
@@ -172,7 +211,11 @@ FACTORIES: dict[str, list[tuple[str, Callable[[], Any]]] | None] = {
         )
     ],
     "skip_nonfinite": [
-        ("skip_nonfinite", lambda: gradtx.skip_nonfinite(gradtx.sgd(0.1, momentum=0.9), 2))
+        ("skip_nonfinite", lambda: gradtx.skip_nonfinite(gradtx.sgd(0.1, momentum=0.9), 2)),
+        (
+            "skip_nonfinite_in_place",
+            lambda: gradtx.skip_nonfinite(gradtx.adamw(1e-3, weight_decay=0.01), 2, in_place=True),
+        ),
     ],
     "with_state_dtypes": [
         (
@@ -183,6 +226,25 @@ FACTORIES: dict[str, list[tuple[str, Callable[[], Any]]] | None] = {
             "state_dtypes_stochastic",
             lambda: gradtx.with_state_dtypes(
                 gradtx.adam(SCHEDULE), {"nu": BF16}, rounding="stochastic"
+            ),
+        ),
+        (
+            # blocks of 4 and no size threshold: the kit's small leaves are quantised, padded
+            "state_dtypes_int8",
+            lambda: gradtx.with_state_dtypes(
+                gradtx.adamw(1e-3),
+                {
+                    "mu": gradtx.int8_blocks(4, min_size=0),
+                    "nu": gradtx.int8_blocks(4, signed=False, min_size=0),
+                },
+            ),
+        ),
+        (
+            "state_dtypes_int8_stochastic",
+            lambda: gradtx.with_state_dtypes(
+                gradtx.adam(SCHEDULE),
+                {"mu": gradtx.int8_blocks(3, min_size=0), "nu": gradtx.int8_blocks(signed=False)},
+                rounding="stochastic",
             ),
         ),
     ],
@@ -249,6 +311,8 @@ FACTORIES: dict[str, list[tuple[str, Callable[[], Any]]] | None] = {
         ("add_decayed_weights", lambda: gradtx.add_decayed_weights(1e-4, decay_mask))
     ],
     "scale_by_trust_ratio": [("scale_by_trust_ratio", lambda: gradtx.scale_by_trust_ratio())],
+    "scale_by_polyak": [("scale_by_polyak", lambda: gradtx.scale_by_polyak())],
+    "add_noise": [("add_noise", lambda: gradtx.add_noise(0.01, 0.55, key=0))],
     "scale": [("scale", lambda: gradtx.scale(0.5))],
     "scale_by_learning_rate": [
         ("scale_by_learning_rate", lambda: gradtx.scale_by_learning_rate(SCHEDULE))
@@ -291,6 +355,13 @@ FACTORIES: dict[str, list[tuple[str, Callable[[], Any]]] | None] = {
     "scale_by_schedule": [("scale_by_schedule", lambda: gradtx.scale_by_schedule(SCHEDULE))],
     "trace": [("trace", lambda: gradtx.trace(0.9))],
     "ema": [("ema", lambda: gradtx.ema(0.9))],
+    "scale_by_adan": [("scale_by_adan", lambda: gradtx.scale_by_adan())],
+    "scale_by_novograd": [("scale_by_novograd", lambda: gradtx.scale_by_novograd())],
+    "scale_by_optimistic_gradient": [
+        ("scale_by_optimistic_gradient", lambda: gradtx.scale_by_optimistic_gradient())
+    ],
+    "scale_by_rprop": [("scale_by_rprop", lambda: gradtx.scale_by_rprop(1e-3))],
+    "scale_by_sm3": [("scale_by_sm3", lambda: gradtx.scale_by_sm3())],
     "identity": [("identity", lambda: gradtx.identity())],
     "set_to_zero": [("set_to_zero", lambda: gradtx.set_to_zero())],
     # public classes
@@ -308,6 +379,73 @@ FACTORIES: dict[str, list[tuple[str, Callable[[], Any]]] | None] = {
     ],
     "GradientTransformation": None,  # abstract base
     "Stage": None,  # abstract base
+    # L-BFGS and the line searches (gradtx/_optimizers/lbfgs.py, gradtx/_stages/); they need
+    # value_fn (KIT_ARGS), and compute value and grad from it
+    "lbfgs": [("lbfgs", lambda: gradtx.lbfgs())],
+    "scale_by_lbfgs": [("scale_by_lbfgs", lambda: gradtx.scale_by_lbfgs(memory_size=3))],
+    "scale_by_zoom_linesearch": [
+        ("scale_by_zoom_linesearch", lambda: gradtx.scale_by_zoom_linesearch(8, 2.0))
+    ],
+    "scale_by_backtracking_linesearch": [
+        (
+            "scale_by_backtracking_linesearch",
+            lambda: gradtx.scale_by_backtracking_linesearch(8, store_grad=True),
+        )
+    ],
+    # optax's remaining transforms, DoG and the learning-rate-free optimizers (issue 13)
+    "centralize": [("centralize", lambda: gradtx.centralize())],
+    "normalize_by_update_norm": [
+        ("normalize_by_update_norm", lambda: gradtx.normalize_by_update_norm(-1.0))
+    ],
+    "apply_every": [("apply_every", lambda: gradtx.apply_every(2))],
+    "scale_by_distance_over_gradients": [
+        (  # init_params in the param dtype: optax's float32 is narrower than float64 params
+            "scale_by_distance_over_gradients",
+            lambda: gradtx.scale_by_distance_over_gradients(param_dtype=None),
+        )
+    ],
+    "scale_by_dog": [("scale_by_dog", lambda: gradtx.scale_by_dog(("heuristic", 1e-4)))],
+    "scale_by_dowg": [("scale_by_dowg", lambda: gradtx.scale_by_dowg())],
+    "dog": [
+        ("dog", lambda: gradtx.dog()),
+        (
+            "dog_first_step_decay",
+            lambda: gradtx.dog(
+                SCHEDULE, ("learning_rate", 1e-2), weight_decay=1e-4, mask=decay_mask
+            ),
+        ),
+    ],
+    "dowg": [("dowg", lambda: gradtx.dowg(weight_decay=1e-4))],
+    "prodigy": [
+        ("prodigy", lambda: gradtx.prodigy()),
+        (
+            "prodigy_scheduled_safeguard",
+            lambda: gradtx.prodigy(SCHEDULE, weight_decay=1e-2, safeguard_warmup=True),
+        ),
+    ],
+    "dadapt_adamw": [("dadapt_adamw", lambda: gradtx.dadapt_adamw(weight_decay=1e-2))],
+    # SAM, Sophia and its estimators, SOAP (issue 13); Sophia's need obj_fn (KIT_ARGS)
+    "sam": [
+        (
+            "sam",
+            lambda: gradtx.sam(
+                gradtx.sgd(0.1, momentum=0.9),
+                gradtx.chain(gradtx.normalize_by_update_norm(), gradtx.sgd(0.05)),
+            ),
+        ),
+        (
+            "sam_opaque",
+            lambda: gradtx.sam(gradtx.sgd(0.1, momentum=0.9), gradtx.sgd(0.05), 3, False, True),
+        ),
+    ],
+    "sophia": [("sophia", lambda: gradtx.sophia(1e-3, update_interval=2))],
+    "hutchinson_estimator_diag_hessian": [
+        ("hutchinson_estimator_diag_hessian", lambda: gradtx.hutchinson_estimator_diag_hessian())
+    ],
+    "gnb_estimator_diag_hessian": [
+        ("gnb_estimator_diag_hessian", lambda: gradtx.gnb_estimator_diag_hessian(4.0))
+    ],
+    "soap": [("soap", lambda: gradtx.soap(1e-3, precondition_frequency=2, weight_decay=0.01))],
 }
 
 #: Public functions whose return annotation does not say what they return (``Any`` or none),
@@ -371,9 +509,39 @@ def discover() -> tuple[set[str], set[str]]:
 
 #: Every (variant id, factory) of FACTORIES, abstract bases left out.
 #: Variant id -> the keyword arguments of ``check_transformation`` it needs.
+def kit_objective(params: Any) -> jax.Array:
+    """``½‖params‖²`` of any tree (in float32): the ``value_fn`` of the line searches' cases."""
+    leaves = jax.tree_util.tree_leaves(params)
+    return 0.5 * sum((jnp.sum(jnp.square(x.astype(jnp.float32))) for x in leaves), jnp.float32(0))
+
+
+def kit_grad_fn(params: Any, i: int) -> Any:
+    """The gradient of :func:`kit_objective` at ``params``: SAM's ``grad_fn`` (opaque mode)."""
+    return params
+
+
 KIT_ARGS: dict[str, dict[str, Any]] = {
     "reduce_on_plateau": {"extra_args": {"value": np.float32(1.0)}},
     "skip_spikes_loss": {"extra_args": {"loss": np.float32(1.0)}},
+    "polyak_sgd": {"extra_args": {"value": np.float32(1.0)}},
+    "scale_by_polyak": {"extra_args": {"value": np.float32(1.0)}},
+    **{
+        case: {"extra_args": {"value_fn": kit_objective}}
+        for case in (
+            "lbfgs",
+            "scale_by_zoom_linesearch",
+            "scale_by_backtracking_linesearch",
+        )
+    },
+    **{
+        case: {"extra_args": {"obj_fn": kit_objective}}
+        for case in ("sophia", "hutchinson_estimator_diag_hessian", "gnb_estimator_diag_hessian")
+    },
+    "sam_opaque": {"extra_args": {"grad_fn": kit_grad_fn}},
+    # a square matrix: the default (8, 4) one makes SOAP's first L = (1 − β)·g gᵀ of rank 4,
+    # whose null space has no preferred basis (the eigensolver picks one, and picks another
+    # for another β: vmap over halved hyperparameters would compare two valid choices)
+    "soap": {"params": {**default_params(), "w": default_params()["w"][:4]}},
 }
 
 CASES = [case for variants in FACTORIES.values() if variants for case in variants]

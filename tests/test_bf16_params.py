@@ -58,7 +58,7 @@ def test_nearest_equals_a_cast():
     """The rounding the wrapper uses (lax.reduce_precision, kept by XLA) equals a cast to
     bfloat16/float16 and back, for 20,000 float32 values from 1e-45 to 1e38: subnormals of
     both dtypes, float16 overflow to inf, infinities and NaN included."""
-    from gradtx._precision.param_rounding import nearest
+    from gradtx._core.rounding import nearest
 
     rng = np.random.default_rng(4)
     x = rng.standard_normal(20000) * 10.0 ** rng.uniform(-45, 38, 20000)

@@ -54,6 +54,30 @@ CONVERGENCE = {
     "lamb": lambda: gradtx.lamb(_decayed(0.03)),
     "lars": lambda: gradtx.lars(_decayed(1.0)),
     "adafactor": lambda: gradtx.adafactor(3e-3, multiply_by_parameter_scale=False),
+    "adamaxw": lambda: gradtx.adamaxw(0.1),
+    "adan": lambda: gradtx.adan(0.03),
+    "novograd": lambda: gradtx.novograd(_decayed(0.03)),
+    "optimistic_gradient_descent": lambda: gradtx.optimistic_gradient_descent(1e-3, 1.0, 0.5),
+    "optimistic_adam": lambda: gradtx.optimistic_adam(0.03),
+    "optimistic_adam_v2": lambda: gradtx.optimistic_adam_v2(0.03),
+    "signum": lambda: gradtx.signum(_decayed(2e-3)),
+    "rprop": lambda: gradtx.rprop(1e-3),
+    "sm3": lambda: gradtx.sm3(1.0),
+    "fromage": lambda: gradtx.fromage(_decayed(0.01)),
+    "noisy_sgd": lambda: gradtx.noisy_sgd(1e-3, eta=1e-6, key=0),
+    "polyak_sgd": lambda: gradtx.polyak_sgd(1e-2),
+    "dog": lambda: gradtx.dog(),
+    "dowg": lambda: gradtx.dowg(),
+    "prodigy": lambda: gradtx.prodigy(_decayed(1.0)),
+    "dadapt_adamw": lambda: gradtx.dadapt_adamw(_decayed(1.0)),
+    "muon": lambda: gradtx.muon(0.03),
+    "adopt": lambda: gradtx.adopt(0.05, b2=0.999),
+    "ademamix": lambda: gradtx.ademamix(
+        0.02, b3=0.999, alpha_warmup_steps=500, b3_warmup_steps=500
+    ),
+    "lbfgs": lambda: gradtx.lbfgs(0.1, linesearch=None),
+    "sophia": lambda: gradtx.sophia(0.01),
+    "soap": lambda: gradtx.soap(0.03),
 }
 
 
@@ -86,7 +110,9 @@ def _minimise(tx, xy0, problem):
 
     def body(carry, _):
         params, state = carry
-        updates, state = tx.update(jax.grad(loss)(params), state, params)
+        value, grads = jax.value_and_grad(loss)(params)
+        # extra arguments for the optimizers that declare them (Polyak: value, Sophia: obj_fn)
+        updates, state = tx.update(grads, state, params, value=value, obj_fn=loss)
         return (gradtx.apply_updates(params, updates), state), None
 
     (params, _), _ = jax.lax.scan(body, (params, tx.init(params)), None, length=STEPS)

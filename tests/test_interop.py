@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 from flax import nnx
 from flax.training import train_state
 
@@ -107,3 +108,40 @@ def test_gradtx_chain_accepts_optax_transformations():
         for a, b in zip(jax.tree.leaves(u), jax.tree.leaves(u_ref)):
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)  # float32 rounding only
     assert int(state.adam.knobs.count) == 5
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: gradtx.adamw(1e-3),
+        lambda: gradtx.chain(
+            gradtx.clip_by_global_norm(1.0),
+            gradtx.adam(gradtx.schedules.warmup_cosine_decay(0.0, 1e-3, 10, 100)),
+        ),
+        lambda: gradtx.multi_transform(
+            {"w": gradtx.adam(1e-3), "b": gradtx.sgd(0.1)}, {"w": "w", "b": "b"}
+        ),
+        lambda: gradtx.MultiSteps(gradtx.lion(1e-4), 2),
+    ],
+    ids=["adamw", "chain_schedule", "multi_transform", "multi_steps"],
+)
+def test_equinox_partition_and_combine_keep_the_structure(make):
+    """``eqx.partition`` replaces leaves with ``None`` (a hyperparameter's number too) and
+    ``eqx.combine`` zips the halves: a gradtx value survives both and ``eqx.filter_jit`` over
+    it runs the same update as the plain call."""
+    eqx = pytest.importorskip("equinox")
+    tx = make()
+    for where in (eqx.is_array, eqx.is_inexact_array_like):
+        dynamic, static = eqx.partition(tx, where)
+        assert eqx.combine(dynamic, static) == tx
+        none_leaf = lambda x: x is None  # noqa: E731 - how equinox zips the halves
+        assert jax.tree.structure(dynamic, is_leaf=none_leaf) == jax.tree.structure(
+            static, is_leaf=none_leaf
+        )
+    params = {"w": jnp.ones((2, 3)), "b": jnp.zeros(3)}
+    grads = jax.tree.map(lambda x: x + 0.5, params)
+    state = tx.init(params)
+    want, _ = tx.update(grads, state, params)
+    got, _ = eqx.filter_jit(lambda t, s, g: t.update(g, s, params))(tx, state, grads)
+    for k in params:  # the same program on the same numbers
+        np.testing.assert_allclose(got[k], want[k], rtol=1e-6)

@@ -43,6 +43,8 @@ def named_optimizers() -> list[str]:
         obj = getattr(gradtx, name)
         if name.startswith("_") or not inspect.isfunction(obj) or name == "optimizer":
             continue
+        if name.startswith("scale_by_"):  # optax's update-only forms of named optimizers
+            continue
         if typing.get_type_hints(obj).get("return") is gradtx.Optimizer:
             out.append(name)
     return sorted(out)
@@ -50,14 +52,51 @@ def named_optimizers() -> list[str]:
 
 def _make(name: str) -> gradtx.Optimizer:
     fn = getattr(gradtx, name)
-    lr = inspect.signature(fn).parameters["learning_rate"]
-    return fn() if lr.default is not inspect.Parameter.empty else fn(1e-3)
+    lr = inspect.signature(fn).parameters.get("learning_rate")
+    return fn() if lr is None or lr.default is not inspect.Parameter.empty else fn(1e-3)
+
+
+# Extra arguments of ``update`` an optimizer declares (``requires``).
+EXTRA = {
+    "polyak_sgd": {"value": 1.0},
+    "sophia": {"obj_fn": lambda p: sum(jnp.sum(x * x) for x in jax.tree.leaves(p))},
+}
 
 
 # Extent of the non-finite values in leaf "a" after the first step: "element" (only the bad
 # element), "leaf" (all of "a") or None (all finite). Columns: update, param-shaped state slots.
 # The last column: whether the update of "a" is non-finite again at the next, finite, step.
 NAN = {
+    "adamaxw": ("element", "element", True),
+    "adan": (
+        "element",
+        {"mu": "element", "v": None, "nu": "element", "prev_grad": "element"},
+        True,
+    ),
+    "ademamix": ("element", "element", True),
+    # ADOPT's first step only records ν (no update); the NaN waits in ν
+    "adopt": (None, {"mu": None, "nu": "element"}, True),
+    "dadapt_adamw": ("element", "element", True),  # and its global numerator (SPREAD)
+    "dog": ("leaf", {"init_params": None}, True),  # global gradient norms (SPREAD)
+    "dowg": ("leaf", {"init_params": None}, True),
+    "fromage": ("leaf", None, False),  # ‖g‖ is NaN for the leaf; no state
+    "noisy_sgd": ("element", None, False),
+    "novograd": ("leaf", "leaf", True),  # the per-leaf ν = EMA of ‖g‖²
+    "optimistic_adam": ("element", "element", True),
+    "optimistic_adam_v2": ("element", "element", True),
+    "optimistic_gradient_descent": ("element", "element", True),
+    "polyak_sgd": ("leaf", None, False),  # the step size reads ‖g‖ of the tree (SPREAD)
+    "prodigy": (
+        "element",
+        {"exp_avg": "element", "exp_avg_sq": "element", "grad_sum": "element", "params0": None},
+        True,
+    ),
+    # a NaN sign product compares false: the step size stays; the NaN is in the last update
+    "rprop": ("element", {"step_sizes": None, "prev_updates": "element"}, False),
+    "signum": ("element", "element", True),
+    "sm3": ("element", "element", True),
+    # the Hessian estimate reads the (finite) params, not the gradient
+    "sophia": ("element", {"mu": "element", "nu": None}, True),
     "adabelief": ("element", "element", True),
     "adadelta": ("element", "element", True),
     "adafactor": ("leaf", "element", True),  # RMS clipping reads the whole leaf
@@ -79,6 +118,36 @@ NAN = {
 }
 
 INF = {
+    "adamaxw": ("element", "element", True),
+    "adan": (
+        "element",
+        {"mu": "element", "v": None, "nu": "element", "prev_grad": "element"},
+        True,
+    ),
+    "ademamix": ("element", "element", True),
+    # ν = ∞ at the element: then m/√ν = 0, the element is frozen
+    "adopt": (None, {"mu": None, "nu": "element"}, False),
+    "dadapt_adamw": ("element", "element", True),
+    "dog": ("element", {"init_params": None}, False),  # ∑‖g‖² = ∞: every step size is 0
+    "dowg": ("element", {"init_params": None}, False),
+    "fromage": ("element", None, False),  # ‖g‖ = ∞: g/‖g‖ is 0 but at the element (∞/∞)
+    "noisy_sgd": ("element", None, False),
+    "novograd": ("element", "element", True),
+    "optimistic_adam": ("element", "element", True),
+    "optimistic_adam_v2": ("element", "element", True),
+    "optimistic_gradient_descent": ("element", "element", True),
+    "polyak_sgd": ("element", None, False),  # step size (f - f*)/‖g‖² = 0: others zero
+    # the Inf reaches the global estimate d: every leaf's update is non-finite (SPREAD)
+    "prodigy": (
+        "leaf",
+        {"exp_avg": "element", "exp_avg_sq": "element", "grad_sum": "element", "params0": None},
+        True,
+    ),
+    # only the sign of g is used: the first step is finite, and so is what it stores
+    "rprop": (None, {"step_sizes": None, "prev_updates": None}, False),
+    "signum": (None, "element", False),  # sign(m) with m = ∞ is finite
+    "sm3": ("element", "element", True),
+    "sophia": (None, {"mu": "element", "nu": None}, False),  # m/max(γh, ε) = ∞ is clipped to 1
     "adabelief": ("element", "element", True),
     "adadelta": ("element", "element", True),
     "adafactor": ("leaf", "element", False),  # then g/√∞ = 0: the element is frozen
@@ -130,27 +199,62 @@ def _slots_of_a(state):
     return of_a, rest
 
 
+# Optimizers whose state holds statistics of the whole tree (or of a whole leaf, stored as a
+# scalar): (name, "nan"/"inf") -> (the state paths that end non-finite, whether the other
+# leaves' first update is finite, whether their next update is finite).
+SPREAD = {
+    # a NaN numerator compares false in max(d, d̂): the estimate d stops growing, steps go on
+    ("dadapt_adamw", "nan"): ({".dadapt_adamw.numerator_weighted"}, True, True),
+    ("dadapt_adamw", "inf"): (
+        {".dadapt_adamw.estim_lr", ".dadapt_adamw.numerator_weighted"},
+        True,
+        False,
+    ),
+    ("dog", "nan"): ({".scale_by_dog.sum_sq_norm_grads"}, False, False),
+    ("dog", "inf"): ({".scale_by_dog.sum_sq_norm_grads"}, True, True),
+    ("dowg", "nan"): ({".scale_by_dowg.weighted_sq_norm_grads"}, False, False),
+    ("dowg", "inf"): ({".scale_by_dowg.weighted_sq_norm_grads"}, True, True),
+    ("novograd", "nan"): ({".knobs.nu['a']"}, True, True),  # ν is one scalar per leaf
+    ("novograd", "inf"): ({".knobs.nu['a']"}, True, True),
+    ("polyak_sgd", "nan"): (set(), False, True),  # one step size from ‖g‖ of the whole tree
+    ("prodigy", "nan"): ({".prodigy.numerator_weighted"}, True, True),  # as D-Adaptation
+    ("prodigy", "inf"): ({".prodigy.estim_lr", ".prodigy.numerator_weighted"}, False, False),
+}
+
+
+def _matches(path: str, expected) -> str | None:
+    if not isinstance(expected, dict):
+        return expected
+    slot = path.rsplit(".", 1)[-1].split("[", 1)[0]
+    return expected[slot]
+
+
 @pytest.mark.parametrize("bad, table", [(np.nan, NAN), (np.inf, INF)], ids=["nan", "inf"])
 @pytest.mark.parametrize("name", sorted(NAN))
 def test_non_finite_gradient(name, bad, table):
     update_extent, state_extent, persists = table[name]
+    spread_slots, others_first, others_next = SPREAD.get(
+        (name, "nan" if np.isnan(bad) else "inf"), (set(), True, True)
+    )
     tx = _make(name)
-    updates, state = tx.update(_grads(bad), tx.init(PARAMS), PARAMS)
+    extra = EXTRA.get(name, {})
+    updates, state = tx.update(_grads(bad), tx.init(PARAMS), PARAMS, **extra)
 
     assert _extent(updates["a"]) == update_extent
-    for leaf in ("m", "c"):  # other leaves are untouched
-        assert np.isfinite(np.asarray(updates[leaf])).all(), leaf
+    for leaf in ("m", "c"):  # other leaves are untouched, unless a tree statistic spreads it
+        assert np.isfinite(np.asarray(updates[leaf])).all() == others_first, leaf
     of_a, rest = _slots_of_a(state)
     for path, x in of_a:
-        assert _extent(x) == state_extent, path
+        assert _extent(x) == _matches(path, state_extent), path
     assert state_extent is None or of_a, "a stateful optimizer keeps a slot for 'a'"
-    for path, x in rest:  # other leaves' slots and the count
-        assert np.isfinite(np.asarray(x, np.float64)).all(), path
+    for path, x in rest:  # other leaves' slots, the count and tree statistics
+        finite = np.isfinite(np.asarray(x, np.float64)).all()
+        assert finite == (path not in spread_slots), path
 
-    updates2, _ = tx.update(_grads(0.0, at=None), state, PARAMS)
+    updates2, _ = tx.update(_grads(0.0, at=None), state, PARAMS, **extra)
     assert (not np.isfinite(np.asarray(updates2["a"])).all()) == persists
     for leaf in ("m", "c"):
-        assert np.isfinite(np.asarray(updates2[leaf])).all(), leaf
+        assert np.isfinite(np.asarray(updates2[leaf])).all() == others_next, leaf
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf], ids=["nan", "inf"])

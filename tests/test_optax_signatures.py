@@ -30,6 +30,10 @@ DIFFERENCES = {
         None,
         "None is optax's default rule 1 - t**(-decay_rate); other functions are not supported",
     ),
+    ("gradtx", "lbfgs", "linesearch"): (
+        gradtx.scale_by_zoom_linesearch(max_linesearch_steps=20, initial_guess_strategy="one"),
+        "the same settings as optax's default, as gradtx's own zoom search",
+    ),
 }
 
 

@@ -3,20 +3,24 @@
 from __future__ import annotations
 
 import inspect
+import typing
 from typing import Any
 
 import gradtx
 
 
 def named_optimizers() -> list[str]:
-    """Every public function of gradtx that returns an :class:`gradtx.Optimizer`, builder aside."""
+    """Every public function of gradtx that returns an :class:`gradtx.Optimizer` (or a subclass:
+    ``muon``, ``lbfgs``), the builder and optax's update-only ``scale_by_*`` forms aside."""
     names = []
     for name in sorted(dir(gradtx)):
         obj = getattr(gradtx, name)
-        if name.startswith("_") or name == "optimizer" or not inspect.isfunction(obj):
+        if name.startswith(("_", "scale_by_")) or name == "optimizer":
             continue
-        ret = inspect.signature(obj).return_annotation
-        if ret in ("Optimizer", gradtx.Optimizer):
+        if not inspect.isfunction(obj):
+            continue
+        ret = typing.get_type_hints(obj).get("return")
+        if isinstance(ret, type) and issubclass(ret, gradtx.Optimizer):
             names.append(name)
     return names
 

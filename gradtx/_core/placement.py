@@ -16,11 +16,17 @@ its second call. How the param's sharding is known depends on where ``init`` run
   later cast of the slot keeps the tie) and XLA's propagation gives it the param's sharding in
   the compiled ``init`` (``jax.eval_shape`` shows no sharding there, as JAX shows
   none for any array of an Auto mesh);
-- inside ``shard_map`` (Manual axes) the slots are left as they are.
+- inside ``shard_map`` (Manual axes) the slots are left as they are, and so are they with one
+  device or under :func:`in_update` (a state re-made inside a step, e.g. ``lookahead``'s
+  reset: the step's own output sharding places it, and a barrier there would keep XLA from
+  folding the fresh zeros).
 """
 
 from __future__ import annotations
 
+import contextlib
+import threading
+from collections.abc import Iterator
 from typing import Any
 
 import jax
@@ -28,7 +34,21 @@ import jax.numpy as jnp
 from jax.experimental.shard_alike import shard_alike
 from jax.sharding import AxisType, NamedSharding, PartitionSpec
 
-__all__ = ["step_sharding", "follow", "place_like", "scalar_like"]
+__all__ = ["step_sharding", "follow", "place_like", "scalar_like", "in_update"]
+
+_LOCAL = threading.local()
+
+
+@contextlib.contextmanager
+def in_update() -> Iterator[None]:
+    """Within it, :func:`follow` leaves traced slots as they are: for an ``init`` called
+    inside a step, whose outputs the step's own sharding places."""
+    before = getattr(_LOCAL, "in_update", False)
+    _LOCAL.in_update = True
+    try:
+        yield
+    finally:
+        _LOCAL.in_update = before
 
 
 def _explicit(mesh: Any) -> bool:
@@ -80,6 +100,8 @@ def follow(param: Any, slot: Any) -> Any:
     if slot is None or param is None or jnp.shape(slot) != jnp.shape(param):
         return slot
     if isinstance(param, jax.core.Tracer):
+        if getattr(_LOCAL, "in_update", False) or jax.device_count() == 1:
+            return slot
         sharding = jax.typeof(param).sharding
         mesh = getattr(sharding, "mesh", None)
         if mesh is not None and AxisType.Manual in tuple(mesh.axis_types):

@@ -20,12 +20,30 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-__all__ = ["stochastic_round", "leaf_key"]
+__all__ = ["stochastic_round", "leaf_key", "nearest"]
 
 
 def leaf_key(key: jax.Array, step: Any, index: int) -> jax.Array:
     """The key of leaf ``index`` at step ``step``: deterministic, different per step and leaf."""
     return jax.random.fold_in(jax.random.fold_in(key, step), index)
+
+
+def nearest(x: jax.Array, dtype: Any) -> jax.Array:
+    """``x`` (float32) rounded to nearest even in ``dtype`` (bfloat16 or float16), as float32.
+
+    ``x.astype(dtype).astype(jnp.float32)`` in value, subnormals, overflow to ±inf and NaN
+    included, but as ``lax.reduce_precision``, which XLA keeps: it may remove a float32 →
+    bfloat16 → float32 pair of casts where it allows excess precision (GPU), and a Kahan
+    compensation computed through such a pair would then be 0. ``reduce_precision`` flushes
+    float16's subnormals (below ``2⁻¹⁴``) to zero, so those are rounded on their fixed grid.
+    """
+    info = jnp.finfo(dtype)
+    out = jax.lax.reduce_precision(x, exponent_bits=info.nexp, mantissa_bits=info.nmant)
+    if info.minexp > jnp.finfo(jnp.float32).minexp:  # float16: subnormals float32 holds
+        step = float(info.smallest_subnormal)  # 2⁻²⁴, a power of two: exact scalings
+        sub = jnp.round(x * jnp.float32(1 / step)) * jnp.float32(step)
+        out = jnp.where(jnp.abs(x) < jnp.float32(info.smallest_normal), sub, out)
+    return out
 
 
 def stochastic_round(x: jax.Array, dtype: Any, key: jax.Array) -> jax.Array:
@@ -45,8 +63,10 @@ def stochastic_round(x: jax.Array, dtype: Any, key: jax.Array) -> jax.Array:
         # Adding noise to an infinity's or NaN's low bits could carry into its exponent.
         out = jax.lax.bitcast_convert_type(up, jnp.float32)
         return jnp.where(jnp.isfinite(x), out, x).astype(dtype)
-    near = x.astype(dtype)
-    wide = near.astype(x.dtype)
+    # through reduce_precision, which XLA keeps (a cast pair may be elided on GPU: ``wide``
+    # would equal ``x`` and every value would look exact)
+    wide = nearest(x, dtype) if x.dtype == jnp.float32 else x.astype(dtype).astype(x.dtype)
+    near = wide.astype(dtype)
     toward = jnp.where(wide > x, -jnp.inf, jnp.inf).astype(dtype)
     other = jnp.nextafter(near, toward)
     lo = jnp.minimum(near, other).astype(x.dtype)

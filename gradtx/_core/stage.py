@@ -7,6 +7,10 @@ stage and the leaf path, the per-leaf math runs in at least float32 and is cast 
 keep their dtype and state keeps its dtype, scheduled hyperparameters are evaluated at the step
 count, the step counter (int32) saturates instead of overflowing, and packed buffers
 (:mod:`gradtx._core.packed`) run whole or per stack of equal shapes (:mod:`gradtx._core.pieces`).
+
+Inside a guard's :func:`~gradtx._core.context.keeping` block every slot and the count are kept
+(``where(keep, new, old)``) where the rule computes them
+(:func:`~gradtx._core.context.run_kept`), so a skipped step leaves the state exactly unchanged.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from typing import Any, ClassVar
 import jax
 import jax.numpy as jnp
 
-from .context import Context, SegmentContext
+from .context import Context, SegmentContext, current_keep, register_kept, run_kept
 from .numerics import compute_dtype
 from .packed import flat_segments, logical_tree, packed_mask
 from .pieces import init_pieces, update_pieces
@@ -206,6 +210,12 @@ class Stage(GradientTransformation):
         segs = flat_segments(updates)
 
         step = state["count"] if self.counts else None
+        keep = current_keep()
+        nxt = None
+        if step is not None:
+            nxt = increment(step)
+            if keep is not None:  # t reads the stored count (see _at_dtype): no copy of it
+                nxt = jnp.where(keep, nxt, step)
         hp = resolve(self, step)
         ctx32 = Context(step, None, {}, extra)
         values = hp.prepare(updates, state, params, ctx32)
@@ -235,7 +245,7 @@ class Stage(GradientTransformation):
                 )
             cdt = compute_dtype(g.dtype)
             if cdt not in cache:
-                cache[cdt] = _at_dtype(hp, step, values, extra, cdt)
+                cache[cdt] = _at_dtype(hp, step, nxt, values, extra, cdt)
             hp_c, ctx = cache[cdt]
             args = (
                 g.astype(cdt),
@@ -244,13 +254,12 @@ class Stage(GradientTransformation):
                 ctx,
             )
             seg = segs[i] if segs is not None else None
+            rule = _dispatch(self, hp_c, ctx, seg, active[i])
             try:
-                if seg is not None and self.leafwise and active[i] is True:
-                    u, ns = hp_c.update_leaf(*args[:3], SegmentContext(ctx, seg))
-                elif seg is not None and not (self.elementwise and active[i] is True):
-                    u, ns = update_pieces(hp_c, *args, seg, active[i])
+                if keep is None or not self.slots:
+                    u, ns = rule(*args[:3])
                 else:
-                    u, ns = hp_c.update_leaf(*args)
+                    u, ns = run_kept(rule, args[:3], keep)
             except Exception as e:
                 # Foreign exceptions (JAX's, a user's schedule or rule) pass through as the
                 # same object, with a note saying where; gradtx's own already name the stage.
@@ -262,9 +271,11 @@ class Stage(GradientTransformation):
                 new_slots[s].append(ns[s].astype(slots[s].dtype))
         entries: dict[str, Any] = {}
         if self.counts:
-            entries["count"] = increment(step)  # type: ignore[arg-type]  # counts => step
+            entries["count"] = nxt
         for s in self.slots:
             entries[s] = treedef.unflatten(new_slots[s])
+        if keep is not None:
+            register_kept(*jax.tree_util.tree_leaves(entries))
         return treedef.unflatten(out), State(entries)
 
     def _update_stateless(self, updates: Any, state: Any, params: Any, extra: dict) -> tuple:
@@ -307,10 +318,22 @@ def slot_shapes(stage: Stage, shape: tuple[int, ...], dtype: Any) -> dict[str, t
     return shapes
 
 
-def _at_dtype(hp: Stage, step: Any, values: dict, extra: dict, dtype: Any) -> tuple[Stage, Context]:
+def _dispatch(stage: Stage, hp_c: Stage, ctx: Context, seg: Any, on: Any) -> Any:
+    """The rule for one (possibly packed) array as a function of ``(g, slots, param)``."""
+    if seg is not None and stage.leafwise and on is True:
+        return lambda g, sl, p: hp_c.update_leaf(g, sl, p, SegmentContext(ctx, seg))
+    if seg is not None and not (stage.elementwise and on is True):
+        return lambda g, sl, p: update_pieces(hp_c, g, sl, p, ctx, seg, on)
+    return lambda g, sl, p: hp_c.update_leaf(g, sl, p, ctx)
+
+
+def _at_dtype(
+    hp: Stage, step: Any, nxt: Any, values: dict, extra: dict, dtype: Any
+) -> tuple[Stage, Context]:
     cast = lambda v: jnp.asarray(v, dtype)  # noqa: E731
     hp_c = jax.tree_util.tree_map(cast, hp)
-    # t from the saturating next count, the value stored as the new count: XLA then keeps one
-    # scalar (no copy of the donated count); equal to step + 1 below the int32 maximum.
-    t = None if step is None else increment(step).astype(dtype)
+    # t from the value stored as the new count (the saturating next count; the old one on a
+    # step a guard skips, whose results are discarded): XLA then keeps one scalar (no copy of
+    # the donated count); equal to step + 1 below the int32 maximum.
+    t = None if nxt is None else nxt.astype(dtype)
     return hp_c, Context(step, t, jax.tree_util.tree_map(cast, values), extra)

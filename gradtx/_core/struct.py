@@ -254,11 +254,18 @@ def _same(a: Any, b: Any) -> bool:
         return False
 
 
-def _child(f: dataclasses.Field, value: Any) -> bool:
-    """Whether a field's value is traced (a pytree child) or static (aux data)."""
+def _child(f: dataclasses.Field, value: Any, marked: frozenset | None) -> bool:
+    """Whether a field's value is traced (a pytree child) or static (aux data).
+
+    A value made by unflattening (``jax.tree.map`` and friends) keeps its fields' decisions in
+    ``marked``, whatever its children were replaced with: ``eqx.partition`` puts ``None`` where
+    a number was, and the partitioned halves must keep the original's structure.
+    """
     kind = f.metadata.get("kind")
     if kind == "static":
         return False
+    if marked is not None:
+        return f.name in marked
     if isinstance(value, Struct):
         return True
     if isinstance(value, tuple) and value and all(isinstance(v, Struct) for v in value):
@@ -270,9 +277,10 @@ def _child(f: dataclasses.Field, value: Any) -> bool:
 
 def _split(obj: Struct) -> tuple[list, list, tuple]:
     keys, children, aux = [], [], []
+    marked = obj.__dict__.get(_MARK)
     for f in fields(obj):
         value = getattr(obj, f.name)
-        if _child(f, value):
+        if _child(f, value, marked):
             keys.append(jax.tree_util.GetAttrKey(f.name))
             children.append(value)
             aux.append((f.name, True, None))
@@ -291,11 +299,17 @@ def _flatten_with_keys(obj: Struct) -> tuple[list, tuple]:
     return list(zip(keys, children)), aux
 
 
+#: Attribute of an unflattened value naming its child fields (not a dataclass field: not
+#: compared, hashed or shown).
+_MARK = "_tree_children"
+
+
 def _unflatten(cls: type, aux: tuple, children: Any) -> Any:
     obj: Any = object.__new__(cls)
     it = iter(children)
     for name, is_child, value in aux:
         object.__setattr__(obj, name, next(it) if is_child else value)
+    object.__setattr__(obj, _MARK, frozenset(name for name, is_child, _ in aux if is_child))
     return obj
 
 

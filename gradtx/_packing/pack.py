@@ -2,12 +2,14 @@
 tree into a few contiguous buffers (one per dtype, placement and mask values) and returns a
 :class:`~gradtx.Packed` (the data type, :mod:`gradtx._core.packed`, which every stage runs on).
 
-The default size threshold is measured (:data:`DEFAULT_THRESHOLD`); concrete leaves are
-concatenated on the host and put on the device in one transfer, traced ones in the program.
+The size threshold is measured per platform (:data:`THRESHOLDS`, chosen by
+:func:`auto_threshold`; :data:`DEFAULT_THRESHOLD` where nothing was measured); concrete leaves
+are concatenated on the host and put on the device in one transfer, traced ones in the program.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from typing import Any
@@ -20,14 +22,60 @@ from .._core.packed import Group, Layout, Packed, concat, intern
 from .._core.pieces import stages_of
 from .._core.tree import flatten
 
-__all__ = ["DEFAULT_THRESHOLD", "pack"]
+__all__ = ["DEFAULT_THRESHOLD", "THRESHOLDS", "auto_threshold", "pack"]
 
-#: Default size threshold of :func:`pack`: leaves with at most this many elements are packed.
-#: Measured on 2-core CPUs (docs/benchmarks.md, ``--sweep``): a whole training step of an MLP
-#: stack is faster packed for leaves of 16 K elements (1.07-1.42x) and slower at 64 K
-#: (0.79-0.91x), where the per-step concatenation of the gradient costs more than the per-leaf
-#: work it saves.
+#: Size threshold of :func:`pack` on a platform without a measurement of its own (TPU and
+#: others, see :data:`THRESHOLDS`): leaves with at most this many elements are packed. First
+#: measured on 2-core CPUs (docs/benchmarks.md, ``step_bench.py --sweep``): a whole training
+#: step of an MLP stack is faster packed for leaves of 16 K elements (1.07-1.42x) and slower at
+#: 64 K (0.79-0.91x), where the per-step concatenation of the gradient costs more than the
+#: per-leaf work it saves.
 DEFAULT_THRESHOLD = 1 << 14
+
+#: ``pack(threshold="auto")`` (the default): the threshold per platform (``jax.Device.platform``
+#: or ``jax.default_backend()``), the largest leaf size at which a whole training step was
+#: measured (or, for GPUs, estimated) to be faster with the leaf packed than per leaf:
+#:
+#: - ``cpu``: 2**15 = 32,768. ``benchmarks/model_bench.py --sweep`` (2-core CPU, jax 0.10.2,
+#:   2026-12-04; docs/benchmarks.md): MLP stacks of 2**18 kernel elements, clip + adamw +
+#:   schedule, interleaved rounds; packing the kernels too (biases packed in both) made the
+#:   step 1.98x faster for kernels of 1,024 elements, 1.51x at 4,096, 1.28x at 8,100, 1.35x at
+#:   16,384, 1.12x and 1.10x (two runs) at 32,761, 1.00x at 48,841, 0.52x at 65,536 and 0.63x
+#:   at 131,044.
+#: - ``gpu`` (``cuda``, ``rocm``): 2**18 = 262,144, estimated from the H200 whole training steps
+#:   of docs/benchmarks.md (jax 0.11.2, 2026-11-27), not swept: packing saved 14.3 us per leaf of
+#:   1,024 elements (deep MLP, 1,000 leaves: 19.1 -> 4.82 ms) and cost 6.4 ps per element for
+#:   leaves of 2,097,152 (wide MLP, 48 kernels packed too: 2.63 -> 3.27 ms). With the saving
+#:   shrinking as a leaf's own passes (5.8 ps per element at 4.8 TB/s) hide its launches, the
+#:   break-even is ~1.2 M elements; 2**18 keeps a factor of 4 below it. A GPU sweep is owed.
+#: - ``tpu`` and any other platform: :data:`DEFAULT_THRESHOLD` (not measured).
+THRESHOLDS: dict[str, int] = {
+    "cpu": 1 << 15,
+    "gpu": 1 << 18,
+    "cuda": 1 << 18,
+    "rocm": 1 << 18,
+    "tpu": DEFAULT_THRESHOLD,
+}
+
+
+def auto_threshold(platform: str | None = None) -> int:
+    """The measured size threshold (:data:`THRESHOLDS`) for ``platform`` (a
+    ``jax.Device.platform`` such as ``"cpu"``, ``"gpu"``, ``"tpu"``; default: the platform of
+    the default device, ``jax.default_backend()`` unless ``jax_default_device`` says otherwise);
+    :data:`DEFAULT_THRESHOLD` for a platform that was not measured."""
+    if platform is None:
+        platform = _default_place()[0].platform
+    return THRESHOLDS.get(str(platform).lower(), DEFAULT_THRESHOLD)
+
+
+def _platform_of(leaves: list, default: tuple[Any, Any]) -> str:
+    """The platform the params live on: that of the first concrete array leaf (a traced or
+    host leaf says nothing), else that of the default device."""
+    for x in leaves:
+        if isinstance(x, jax.Array) and not isinstance(x, jax.core.Tracer):
+            device: Any = next(iter(x.sharding.device_set))
+            return str(device.platform)
+    return str(default[0].platform)
 
 
 def _default_place() -> tuple[Any, Any]:
@@ -72,6 +120,17 @@ def _placement(x: Any, default: tuple[Any, Any]) -> tuple[Any, Any]:
     return ("replicated", tuple(sorted((d.platform, d.id) for d in devices)), kind), sh
 
 
+def resolve_threshold(threshold: int | str | None, leaves: list, default: tuple) -> int | None:
+    """``threshold`` as :func:`pack` applies it: ``"auto"`` becomes the platform's value."""
+    if isinstance(threshold, str):
+        if threshold != "auto":
+            raise ValueError(
+                f"gradtx.pack: threshold must be an int, None or 'auto', got {threshold!r}"
+            )
+        return auto_threshold(_platform_of(leaves, default))
+    return threshold
+
+
 def _mask_keys(tx: Any, tree: Any, n: int) -> list[tuple]:
     """Per leaf, the tuple of mask values of the masked stages of ``tx`` (for grouping)."""
     keys: list[tuple] = [() for _ in range(n)]
@@ -82,13 +141,40 @@ def _mask_keys(tx: Any, tree: Any, n: int) -> list[tuple]:
             continue
         for i, v in enumerate(st._mask_leaves(tree, n)):
             keys[i] = keys[i] + (v,)
+    for values in _wrapper_masks(tx, tree):  # masked, partition, groups, freeze
+        if len(values) == n:
+            for i, v in enumerate(values):
+                keys[i] = keys[i] + (v,)
     return keys
+
+
+def _wrapper_masks(tx: Any, tree: Any) -> list[list]:
+    """Per wrapper of ``tx`` (at any depth) that selects leaves by a tree of values -- a
+    ``masked`` mask, ``partition``/``multi_transform``/``groups`` labels -- the value of every
+    leaf of ``tree``, so that :func:`pack` keeps each buffer on one side of it."""
+    out: list[list] = []
+    seen: set[int] = set()
+
+    def visit(t: Any) -> None:
+        if id(t) in seen or not (hasattr(t, "init") and hasattr(t, "update")):
+            return
+        seen.add(id(t))
+        values = getattr(t, "leaf_selection", None)  # the wrappers' protocol (_wrappers/)
+        if callable(values):
+            out.append(jax.tree_util.tree_leaves(values(tree), is_leaf=lambda x: x is None))
+        for f in dataclasses.fields(t) if dataclasses.is_dataclass(t) else ():
+            v = getattr(t, f.name, None)
+            for sub in v if isinstance(v, tuple) else (v,):
+                visit(sub)
+
+    visit(tx)
+    return out
 
 
 def pack(
     params: Any,
     *,
-    threshold: int | None = DEFAULT_THRESHOLD,
+    threshold: int | str | None = "auto",
     include: Callable[[str, Any], bool] | None = None,
     tx: Any = None,
 ) -> Packed:
@@ -107,7 +193,9 @@ def pack(
     Args:
       params: a pytree of arrays (a dict, a flax nnx ``State``...).
       threshold: the largest leaf (number of elements) that is packed; ``None`` packs every
-        eligible leaf. The default :data:`DEFAULT_THRESHOLD` is measured (docs/benchmarks.md).
+        eligible leaf; ``"auto"`` (the default) takes the measured value for the platform the
+        params live on (:func:`auto_threshold`, :data:`THRESHOLDS`; docs/benchmarks.md).
+        :func:`gradtx.pack_report` shows which leaves a threshold packs, and why.
       include: optional ``include(path, leaf) -> bool`` deciding per leaf (overrides
         ``threshold``); ``path`` is written as ``jax.tree_util.keystr`` writes it.
       tx: the optimizer that will run on the packed tree; its masks become part of the key.
@@ -128,6 +216,7 @@ def pack(
     leaves = [x for _, x in flat]
     masks = _mask_keys(tx, params, len(leaves))
     default = _default_place()
+    threshold = resolve_threshold(threshold, leaves, default)
     order: dict[Any, list[int]] = {}
     where: dict[Any, Any] = {}
     big: list[int] = []

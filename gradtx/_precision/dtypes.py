@@ -15,6 +15,10 @@ name is the entry's name (``mu``, ``nu``, ``acc``, ``mini_step`` ...). Per step:
 
 so the arithmetic is float32 or wider whatever the storage (and the hyperparameters, computed
 in the rule, stay float32 for bfloat16 models).
+A value of the mapping may also be :func:`gradtx.int8_blocks` (``"mu": int8_blocks(),
+"nu": int8_blocks(signed=False)``): that slot is stored as 8-bit codes with one float32 scale
+per block (:mod:`gradtx._precision.quantized`), dequantised to float32 in the first line
+above and quantised again in the last (the ``rounding`` applies to it too).
 Defaults, without a policy: every slot is stored in its parameter's dtype (optax's default too;
 ``mu_dtype``, kept on the optimizers where optax has it, sets ``mu`` alone), step counters are
 int32; ``Optimizer.describe()["state_dtypes"]`` and :func:`gradtx.memory_report` show them.
@@ -49,6 +53,7 @@ from .._core.struct import static
 from .._core.transformation import GradientTransformation
 from .._core.tree import TransformError
 from .._wrappers.common import check_args
+from .quantized import Int8Blocks
 
 __all__ = ["WithStateDtypes", "with_state_dtypes", "map_slots"]
 
@@ -118,13 +123,17 @@ class WithStateDtypes(GradientTransformation):
                 f"gradtx.{self.name}: dtypes must be a non-empty mapping slot name -> dtype, "
                 f"e.g. {{'nu': jnp.bfloat16}}, got {raw!r}"
             )
-        checked = {}
+        checked: dict[str, Any] = {}
         for k, v in raw.items():
+            if isinstance(v, Int8Blocks):
+                checked[str(k)] = v
+                continue
             try:
                 dt = jnp.dtype(v)
             except TypeError:
                 raise TypeError(
-                    f"gradtx.{self.name}: dtypes[{k!r}] = {v!r} is not a dtype"
+                    f"gradtx.{self.name}: dtypes[{k!r}] = {v!r} is not a dtype or "
+                    "gradtx.int8_blocks(...)"
                 ) from None
             if not jnp.issubdtype(dt, jnp.floating):
                 raise TypeError(
@@ -145,12 +154,15 @@ class WithStateDtypes(GradientTransformation):
         return dict(self.dtypes)
 
     def declared_state_dtypes(self) -> dict[str, Any]:
-        """The policy, for the conformance kit: these slots are narrower on purpose."""
-        return self.policy
+        """The policy, for the conformance kit: these slots are narrower on purpose (a
+        quantised slot declares its codes' dtype, ``uint8``)."""
+        return {k: v.code_dtype if isinstance(v, Int8Blocks) else v for k, v in self.policy.items()}
 
     def _store(self, name: str, v: Any) -> Any:
         """Slot ``v`` cast to its storage dtype (round to nearest) if the policy names it."""
         dt = self.policy.get(name)
+        if isinstance(dt, Int8Blocks):
+            return dt.store(v)
         return v if dt is None else _float_leaves(lambda x: x.astype(dt), v)
 
     def _inner_init(self, params: Any) -> Any:
@@ -188,8 +200,11 @@ class WithStateDtypes(GradientTransformation):
         policy = self.policy
 
         def widen(name: str, v: Any) -> Any:
-            if name not in policy:
+            spec = policy.get(name)
+            if spec is None:
                 return v
+            if isinstance(spec, Int8Blocks):
+                return spec.load(v)
 
             def up(x: jax.Array) -> jax.Array:
                 return x.astype(compute_dtype(x.dtype))
@@ -209,6 +224,8 @@ class WithStateDtypes(GradientTransformation):
                 if name not in policy:
                     return v
                 dt = policy[name]
+                if isinstance(dt, Int8Blocks):
+                    return dt.store(v, leaf_key(base, step, next(counter)))
                 return _float_leaves(
                     lambda x: stochastic_round(x, dt, leaf_key(base, step, next(counter))), v
                 )
@@ -233,6 +250,7 @@ def with_state_dtypes(
       inner: any transformation, gradtx's or optax's.
       dtypes: ``{slot name: dtype}``, e.g. ``{"mu": jnp.bfloat16, "nu": jnp.bfloat16}``; every
         name must be a slot of ``inner``'s state (checked at ``init``, the error lists them).
+        A value may be :func:`gradtx.int8_blocks` (8-bit block-quantised storage).
       rounding: ``"nearest"`` (a cast) or ``"stochastic"`` (unbiased; keeps ``count`` and
         ``key`` in the state).
       seed: the seed of the stochastic rounding's key.

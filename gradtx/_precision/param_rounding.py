@@ -42,7 +42,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from .._core.rounding import leaf_key, stochastic_round
+from .._core.rounding import leaf_key, nearest, stochastic_round
 from .._core.stage import increment, place_like, scalar_like
 from .._core.state import State
 from .._core.struct import static
@@ -55,24 +55,6 @@ __all__ = ["RoundParams", "round_params", "nearest"]
 #: The rounding methods, and the state entries each keeps besides ``inner_state``.
 _ENTRIES: dict[str, tuple[str, ...]] = {"stochastic": ("count", "key"), "kahan": ("compensation",)}
 _NARROW = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
-
-
-def nearest(x: jax.Array, dtype: Any) -> jax.Array:
-    """``x`` (float32) rounded to nearest even in ``dtype`` (bfloat16 or float16), as float32.
-
-    ``x.astype(dtype).astype(jnp.float32)`` in value, subnormals, overflow to ±inf and NaN
-    included, but as ``lax.reduce_precision``, which XLA keeps: it may remove a float32 →
-    bfloat16 → float32 pair of casts where it allows excess precision (GPU), and a Kahan
-    compensation computed through such a pair would then be 0. ``reduce_precision`` flushes
-    float16's subnormals (below ``2⁻¹⁴``) to zero, so those are rounded on their fixed grid.
-    """
-    info = jnp.finfo(dtype)
-    out = jax.lax.reduce_precision(x, exponent_bits=info.nexp, mantissa_bits=info.nmant)
-    if info.minexp > jnp.finfo(jnp.float32).minexp:  # float16: subnormals float32 holds
-        step = float(info.smallest_subnormal)  # 2⁻²⁴, a power of two: exact scalings
-        sub = jnp.round(x * jnp.float32(1 / step)) * jnp.float32(step)
-        out = jnp.where(jnp.abs(x) < jnp.float32(info.smallest_normal), sub, out)
-    return out
 
 
 class RoundParams(GradientTransformation):

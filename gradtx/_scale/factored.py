@@ -37,7 +37,7 @@ def rms(x: jax.Array) -> jax.Array:
 def _stat_zeros(param: jax.Array, shape: tuple[int, ...], drop: int | None | str) -> jax.Array:
     """Zeros for a statistic of ``param`` (float32 for float16), each call a new buffer.
 
-    Placed as the jitted step returns it (see :func:`gradtx._scale.step_sharding`) when
+    Placed as the jitted step returns it (see :func:`gradtx._core.placement.step_sharding`) when
     ``param`` is sharded with a ``NamedSharding``: the param's spec without axis ``drop`` (a
     row or column statistic), the param's spec (``drop="full"``: the unfactored moment), or
     replicated (``drop=None``: a 1-element placeholder). A traced param: see

@@ -7,7 +7,7 @@ from typing import Any
 import jax
 
 from .._core.chain import as_inner
-from .._core.packed import flat_segments
+from .._core.packed import Packed, flat_segments, logical_tree
 from .._core.state import State
 from .._core.struct import FrozenTree
 from .._core.tree import TransformError, check_structure, is_none
@@ -21,14 +21,15 @@ def thaw(value: Any) -> Any:
 
 def full_mask(owner: str, mask: Any, tree: Any, what: str = "mask") -> Any:
     """``mask`` (a tree of values with the structure of ``tree`` or a prefix of it, or a
-    function of ``tree`` returning one) broadcast to one value per leaf of ``tree``."""
+    function of ``tree`` returning one) broadcast to one value per leaf of ``tree``.
+
+    On a packed tree (:func:`gradtx.pack`) the mask is read on the logical tree (the params'
+    own structure, with ``jax.ShapeDtypeStruct`` leaves where they are packed) and gives one
+    value per buffer: that of its leaves, which must agree (``pack(params, tx=tx)`` groups
+    leaves so that they do), else the error names the leaves of the buffer.
+    """
     if tree is not None and flat_segments(tree) is not None:
-        raise TransformError(
-            f"gradtx.{owner}: the tree is packed (gradtx.pack); a {what} of a packed tree would "
-            "be one value per buffer, not per parameter, so it is refused. Use the mask of the "
-            "stages themselves (e.g. add_decayed_weights(mask=...)), which packing keeps exact, "
-            "or wrap the unpacked tree"
-        )
+        return _packed_full_mask(owner, mask, tree, what)
     mask = thaw(mask)
     if callable(mask):  # thawed above: a FrozenTree is never a function
         mask = mask(tree)
@@ -44,6 +45,47 @@ def full_mask(owner: str, mask: Any, tree: Any, what: str = "mask") -> Any:
             f"gradtx.{owner}: {what} does not match the parameter tree (it must have the "
             f"params' structure or a prefix of it): {e}"
         ) from None
+
+
+def _packed_full_mask(owner: str, mask: Any, tree: Any, what: str) -> Any:
+    """:func:`full_mask` of a tree holding :class:`Packed` nodes: one value per buffer."""
+    logical = full_mask(owner, mask, logical_tree(tree), what)
+    values = iter(jax.tree_util.tree_leaves(logical, is_leaf=is_none))
+    nodes, treedef = jax.tree_util.tree_flatten(tree, is_leaf=_packed_or_none)
+    out: list[Any] = []
+    mixed: list[str] = []
+    for x in nodes:
+        if not isinstance(x, Packed):
+            out.append(next(values))
+            continue
+        lay = x.layout
+        vals = [next(values) for _ in range(lay.num_leaves)]
+        per = []
+        for g in lay.groups:
+            got = [vals[i] for i in g.indices]
+            if any(not _same(v, got[0]) for v in got[1:]):
+                shown = ", ".join(f"{lay.paths[i]}={vals[i]!r}" for i in g.indices[:4])
+                mixed.append(shown + (", ..." if len(g.indices) > 4 else ""))
+            per.append(got[0])
+        out.append(Packed(tuple(per), tuple(vals[i] for i in lay.big), lay))
+    if mixed:
+        raise TransformError(
+            f"gradtx.{owner}: the {what} gives different values to leaves packed into one "
+            f"buffer ({'; '.join(mixed[:3])}); pack with gradtx.pack(params, tx=tx) so that "
+            "pack groups the leaves by it, or keep them apart with pack(..., include=...)"
+        )
+    return jax.tree_util.tree_unflatten(treedef, out)
+
+
+def _packed_or_none(x: Any) -> bool:
+    return x is None or isinstance(x, Packed)
+
+
+def _same(a: Any, b: Any) -> bool:
+    try:
+        return bool(a == b)
+    except Exception:  # noqa: BLE001 - values without a scalar ==
+        return a is b
 
 
 def select(full: Any, tree: Any, keep: Any = bool) -> Any:

@@ -2,10 +2,15 @@
 
 A guard decides per step whether ``inner`` sees the step. A skipped step gives zero updates
 (in the dtypes ``inner`` would return) and leaves ``inner``'s state as it was, so its counts,
-moments and schedules do not advance; ``inner.update`` runs only on the applied steps
-(``lax.cond``). Every guard counts ``skipped`` (total), ``consecutive`` (the current run of
-failed steps: a step that passes resets it to 0) and ``steps`` (applied steps); the counts
-saturate at the int32 maximum.
+moments and schedules do not advance. Every guard counts ``skipped`` (total), ``consecutive``
+(the current run of failed steps: a step that passes resets it to 0) and ``steps`` (applied
+steps); the counts saturate at the int32 maximum.
+
+The test and the skip are :mod:`gradtx._wrappers.finite`'s: finiteness read from the global
+norm (the same value as ``all(isfinite(g))``, shared with a global-norm clip of the same
+updates), and ``inner.update`` under a ``lax.cond``, only on the applied steps; or, with
+``skip_nonfinite(..., in_place=True)`` and an ``inner`` made of gradtx stages, on every step
+with each slot kept where its stage computes it, so that a donated state is updated in place.
 
 ``skip_nonfinite``, per step, with ``m = max_consecutive_skips`` (``None``: never give up)::
 
@@ -39,10 +44,11 @@ from .._core.stage import increment, scalar_like
 from .._core.state import State
 from .._core.struct import hyper, is_schedule_like, static
 from .._core.transformation import GradientTransformation
-from .._core.tree import TransformError, is_none
+from .._core.tree import TransformError
 from .._stages.clipping import global_norm
 from .common import as_inner, check_args
 from .counts import ENTRIES
+from .finite import all_finite, apply_or_skip, finite_check
 
 __all__ = [
     "SkipNonfinite",
@@ -53,34 +59,6 @@ __all__ = [
     "apply_or_skip",
     "stat_dtype",
 ]
-
-
-def all_finite(tree: Any) -> jax.Array:
-    """A scalar bool: whether every element of every leaf of ``tree`` is finite."""
-    leaves = [x for x in jax.tree_util.tree_leaves(tree) if x is not None]
-    if not leaves:
-        return jnp.array(True)
-    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
-
-
-def apply_or_skip(
-    inner: Any, apply: jax.Array, updates: Any, inner_state: Any, params: Any, extra: dict
-) -> tuple[Any, Any]:
-    """``inner.update(updates, inner_state, params, **extra)`` if ``apply``, else zeros of the
-    dtypes it would return (placed like ``updates``) and ``inner_state`` unchanged."""
-
-    def run(_: Any) -> tuple[Any, Any]:
-        return inner.update(updates, inner_state, params, **extra)
-
-    def skip(_: Any) -> tuple[Any, Any]:
-        shapes = jax.eval_shape(run, None)[0]
-
-        def zero(g: Any, s: Any) -> Any:
-            return None if g is None or s is None else jnp.zeros_like(g, dtype=s.dtype)
-
-        return jax.tree_util.tree_map(zero, updates, shapes, is_leaf=is_none), inner_state
-
-    return jax.lax.cond(apply, run, skip, None)
 
 
 def _counts(params: Any) -> dict[str, jax.Array]:
@@ -114,6 +92,7 @@ class SkipNonfinite(_Guard):
     :func:`skip_nonfinite`."""
 
     max_consecutive_skips: int | None = static(None)
+    in_place: bool = static(False)
 
     def __post_init__(self) -> None:
         n = self.max_consecutive_skips
@@ -134,7 +113,7 @@ class SkipNonfinite(_Guard):
         self, updates: Any, state: Any, params: Any | None = None, **extra: Any
     ) -> tuple[Any, State]:
         check_args(self.name, state, ENTRIES["skip_nonfinite"], updates, params)
-        finite = all_finite(updates)
+        finite = finite_check(updates)
         if extra.get("loss") is not None:
             finite = finite & all_finite(extra["loss"])
         streak = jnp.where(finite, 0, increment(state["consecutive"])).astype(jnp.int32)
@@ -143,7 +122,7 @@ class SkipNonfinite(_Guard):
             give_up = ~finite & (streak > self.max_consecutive_skips)
         apply = finite | give_up
         out, inner_state = apply_or_skip(
-            self.inner, apply, updates, state["inner_state"], params, extra
+            self.inner, apply, updates, state["inner_state"], params, extra, self.in_place
         )
         counts = _step(state, apply)
         counts["consecutive"] = streak  # a give-up step is applied but continues the run
@@ -244,7 +223,9 @@ def stat_dtype(params: Any) -> Any:
     return max(dtypes, key=lambda d: jnp.dtype(d).itemsize, default=jnp.dtype(jnp.float32))
 
 
-def skip_nonfinite(inner: Any, max_consecutive_skips: int | None = None) -> SkipNonfinite:
+def skip_nonfinite(
+    inner: Any, max_consecutive_skips: int | None = None, *, in_place: bool = False
+) -> SkipNonfinite:
     """Skips the steps whose updates, or ``loss`` when given, hold a NaN or an infinity.
 
     gradtx's form of :func:`gradtx.apply_if_finite`, with separate counters. The rule is in
@@ -265,6 +246,11 @@ def skip_nonfinite(inner: Any, max_consecutive_skips: int | None = None) -> Skip
       inner: a gradtx or optax transformation.
       max_consecutive_skips: how many non-finite steps in a row are skipped before giving up;
         ``None`` (the default): always skip.
+      in_place: run a gradtx ``inner`` on every step and keep its state where each stage
+        computes it, instead of a ``lax.cond``: with donated state about the speed of the
+        unguarded step; skipped steps still leave the state exactly unchanged, applied steps
+        may differ from the ``lax.cond`` form by fused multiply-add rounding (see
+        :mod:`gradtx._wrappers.finite`).
 
     Returns:
       A :class:`SkipNonfinite`; its state is ``State(skipped, consecutive, steps, gave_up,
@@ -285,7 +271,7 @@ def skip_nonfinite(inner: Any, max_consecutive_skips: int | None = None) -> Skip
     References:
       optax ``apply_if_finite``; https://github.com/google-deepmind/optax/pull/1746
     """
-    return SkipNonfinite(inner, max_consecutive_skips)
+    return SkipNonfinite(inner, max_consecutive_skips, in_place)
 
 
 def skip_spikes(

@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 
 from .._core.numerics import compute_dtype
+from .._core.placement import in_update
 from .._core.stage import increment, scalar_like
 from .._core.state import State
 from .._core.struct import hyper, is_schedule_like, static
@@ -156,7 +157,8 @@ class Lookahead(GradientTransformation):
         fast_u = treedef.unflatten([x for x, _ in out])
         slow_u = treedef.unflatten([y for _, y in out])
         if self.reset_state:
-            fresh = self.fast_optimizer.init(fast)
+            with in_update():  # placed by this step's outputs, not tied again
+                fresh = self.fast_optimizer.init(fast)
             fast_state = jax.tree_util.tree_map(
                 lambda cur, new: jnp.where(sync, new, cur).astype(jnp.result_type(cur)),
                 fast_state,

@@ -41,6 +41,10 @@ class Masked(GradientTransformation):
             raise TypeError(f"gradtx.{self.name}: mask is required (a tree of bools or a function)")
         super().__post_init__()
 
+    def leaf_selection(self, tree: Any) -> Any:
+        """The mask's value at every leaf of ``tree`` (:func:`gradtx.pack` groups by it)."""
+        return full_mask(self.name, self.mask, tree)
+
     def init(self, params: Any) -> State:
         full = full_mask(self.name, self.mask, params)
         return State(inner_state=self.inner.init(select(full, params)))

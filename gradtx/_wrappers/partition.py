@@ -61,6 +61,10 @@ class Partition(GradientTransformation):
             )
         return full
 
+    def leaf_selection(self, tree: Any) -> Any:
+        """The label of every leaf of ``tree`` (:func:`gradtx.pack` groups by it)."""
+        return self._labels(tree)
+
     def init(self, params: Any) -> State:
         full = self._labels(params)
         inner = {}

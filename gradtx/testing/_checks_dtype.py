@@ -128,7 +128,8 @@ def check_dtypes(
     """Updates come back in the param dtype and the state keeps its dtypes.
 
     For each dtype (float64 with 64-bit types enabled only for that run), the floating leaves of
-    ``params`` are cast to it and ``steps`` updates are made.
+    ``params`` are cast to it and ``steps`` updates are made: eagerly for 16-bit dtypes (so no
+    excess precision of a compiled program hides an overflow), jitted for wider ones.
 
     - ``dtypes.<dtype>`` (required): every update leaf has the param dtype and is not weakly
       typed; the state after each update has the structure, shapes, dtypes and weak types of
@@ -151,6 +152,9 @@ def check_dtypes(
     for dt in dtypes:
         dt = jnp.dtype(dt)
         check = f"dtypes.{dt.name}"
+        # 16-bit params run eagerly: jitted, XLA may keep their intermediates in float32
+        # (excess precision) and hide an overflow; wider ones jitted (one compilation).
+        run = step if dt.itemsize < 4 else jax.jit(step, static_argnums=0)
         with _x64(dt):
             p = cast_params(params, dt)
             g = make_grads(p)
@@ -159,7 +163,7 @@ def check_dtypes(
             trees = [("the state from init", state0)]
             for i in range(1, steps + 1):
                 with guard(report, check, f"update {i} with {dt.name} params"):
-                    updates, state = step(tx, g, state, p)
+                    updates, state = run(tx, g, state, p)
                 why = _update_dtype_error(updates, p, i)
                 if why:
                     raise report.fail(check, why)

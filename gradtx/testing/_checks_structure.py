@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -115,12 +116,13 @@ def check_structure(
     """
     report = new_report(tx, report, name, strict)
     step = stepper(tx, dict(extra_args or {}))
+    jstep = jax.jit(step, static_argnums=0)  # one compilation per tree, not one per operation
     leaves = [x for _, x in flatten(params)[0] if x is not None]
     trees = [] if params is None else [("the given params", params)]
     if zoo:
         trees.append(("the structure zoo", structure_zoo(leaves[0].dtype if leaves else "float32")))
     for label, tree in trees:
-        _one_tree(report, tx, step, label, tree)
+        _one_tree(report, tx, jstep, label, tree)
     report.ok("structure", ", ".join(label for label, _ in trees) + " ran and kept their structure")
     if zoo:
         tree = trees[-1][1]
