@@ -3,8 +3,10 @@
 Usage (from the repository root; gradtx need not be installed)::
 
     PYTHONPATH=. python benchmarks/model_bench.py [OUT.md] [--quick] [--rounds N]
-        [--models deep,pinn,resnet,transformer,many] [--jsonl PATH]
-        [--sweep] [--leaves-figure PNG]
+        [--models transformer,resnet,pinn,deep,many] [--jsonl PATH] [--mirror-all]
+        [--compile-only [--impls optax,...] [--many-experts N]] [--table-from JSONL]
+        [--sweep [--total K] [--widths 362,256,...]] [--leaves-figure PNG]
+        [--figure-from JSONL,JSONL]
 
 A step is forward + backward + ``clip_by_global_norm(1)`` -> ``adamw`` (weight decay 0.1) with
 a warm-up cosine schedule (0 -> 1e-3 over 100 steps, cosine to 10,000), params, optimizer
@@ -20,24 +22,30 @@ per implementation:
   the packed tree: its difference to ``sgd per-leaf`` is the cost of the views and of the
   gradient's concatenation).
 
-Timing follows ``ab_bench.py`` (docs/benchmarks.md): programs compiled first (a throwaway
-copy of the reference, then each program twice in mirrored order; their geometric mean is
-used), then interleaved rounds in which each program runs one loop of >= 50 ms, order rotated
-each round, two halves with inputs allocated in opposite orders; each time is divided by
-optax's time in the same round. ``many`` (5,000 leaves) is compiled once per program (its
-compile time is the point) and timed in fewer rounds.
+Timing follows ``ab_bench.py`` (docs/benchmarks.md): programs compiled first (for
+``transformer`` and ``resnet``, or all with ``--mirror-all``: a throwaway copy of the
+reference, then each program twice in mirrored order, their geometric mean used; the others
+once each, optax first, because their packed programs compile for a minute), then
+interleaved rounds in which each program runs one loop of >= 50 ms, order rotated each round,
+two halves with inputs allocated in opposite orders; each time is divided by optax's time in
+the same round. ``many`` (5,000 leaves) is for compile time: on a 2-core CPU
+its per-leaf programs take over 10 minutes, so measure it with ``--compile-only --impls X``,
+one process (and ``timeout``) per program; ``--many-experts N`` changes its size.
 
 Models: ``deep`` (200 residual tanh layers of width 32: 400 leaves), ``pinn`` (a Burgers
 PINN: 24 tanh layers of width 32 with a trained scale per layer, second derivatives in the
 loss: 74 leaves), ``resnet`` (flax nnx: 3 stages of 2 basic blocks, 16/32/64 channels,
-BatchNorm with running statistics kept outside the optimizer as ``nnx.BatchStat``), ``transformer``
-(flax nnx: 8 pre-LN blocks, d = 64, 4 heads: 99 leaves) and ``many`` (2,500 small experts
+BatchNorm with running statistics kept outside the optimizer as ``nnx.BatchStat``: 47
+leaves), ``transformer`` (flax nnx: 8 pre-LN blocks of ``nnx.MultiHeadAttention``, d = 64,
+4 heads: 131 leaves) and ``many`` (2,500 small experts
 as separate leaves, 5,000 leaves, used through one stacked einsum).
 
 Writes one JSON line per result (``--jsonl``, default ``/dev/null``) and, with OUT.md, a
 markdown table. ``--sweep`` times per-leaf vs packed steps of MLP stacks at fixed size with the
 leaf size varied (the measurement behind ``gradtx._packing.pack.THRESHOLDS["cpu"]``);
-``--leaves-figure PNG`` plots step time against the number of leaves (per leaf and packed).
+``--total K`` sets the stacks' size to 2^K kernel elements (default 18), ``--widths`` the
+kernel widths; ``--leaves-figure PNG`` plots the sweep's step times against the number of
+leaves, ``--figure-from`` redraws it from earlier runs; ``--table-from`` rewrites the table.
 """
 
 from __future__ import annotations
@@ -307,7 +315,7 @@ def sweep() -> list:
     varied: optax, gradtx per leaf, gradtx with the biases packed (``threshold`` just below
     the kernel size) and with the kernels packed too (``threshold=None``). The speed-up of
     packing the kernels is ``biases only / all``."""
-    total = 1 << 14 if QUICK else 1 << 18
+    total = 1 << _opt("--total", 14 if QUICK else 18)  # kernel elements (log2)
     widths = (64, 32) if QUICK else (362, 256, 181, 128, 90, 64, 32)
     if "--widths" in sys.argv:
         widths = tuple(int(w) for w in _opt("--widths", "").split(","))

@@ -457,6 +457,8 @@ NOT_TRANSFORMATIONS = {
     "schedule_free_eval_params",
     "plot_diagnostics",
     "hyper",
+    "pack_like",
+    "packed_loss",
     "set_hyperparams",
     "set_schedule_multipliers",
     "static",

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
+from helpers import named_optimizer_names
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "docs" / "img" / "compare" / "results.json"
@@ -29,8 +30,9 @@ def test_the_page_shows_the_committed_results():
     page = (ROOT / "docs" / "optimizers_compared.md").read_text()
     shown = page[page.index(tool.MARK_START) + len(tool.MARK_START) : page.index(tool.MARK_END)]
     assert shown.strip() == tool.table(saved).strip()
-    # every optimizer the tool knows is in the results and drawn
+    # every optimizer the tool knows is in the results and drawn, and it knows every named one
     assert set(tool.available()) == set(saved)
+    assert named_optimizer_names() <= set(saved), named_optimizer_names() - set(saved)
     for name in ("valley", "digits"):
         assert (RESULTS.parent / f"{name}.png").stat().st_size > 10_000
 

@@ -67,6 +67,18 @@ CANDIDATES: dict[str, tuple[Callable[[float], Any], bool]] = {
     "adopt": (lambda lr: gradtx.adopt(lr), False),
     "ademamix": (lambda lr: gradtx.ademamix(lr), False),
     "muon": (lambda lr: gradtx.muon(lr), False),
+    "nadamw": (lambda lr: gradtx.nadamw(lr), False),
+    "adadelta": (lambda lr: gradtx.adadelta(lr * 10), False),
+    "lars": (lambda lr: gradtx.lars(lr), False),
+    "sign_sgd": (lambda lr: gradtx.sign_sgd(lr * 0.1), False),
+    "signum": (lambda lr: gradtx.signum(lr * 0.1), False),
+    "noisy_sgd": (lambda lr: gradtx.noisy_sgd(lr), False),
+    "optimistic_gradient_descent": (lambda lr: gradtx.optimistic_gradient_descent(lr), False),
+    "optimistic_adam_v2": (lambda lr: gradtx.optimistic_adam_v2(lr), False),
+    "soap": (lambda lr: gradtx.soap(lr), False),
+    "sophia": (lambda lr: gradtx.sophia(lr), False),  # reads obj_fn
+    "polyak_sgd": (lambda lr: gradtx.polyak_sgd(lr * 10), False),  # reads value
+    "lbfgs": (lambda lr: gradtx.lbfgs(), True),  # its own line search: no grid
     "prodigy": (lambda lr: gradtx.prodigy(), True),
     "dadapt_adamw": (lambda lr: gradtx.dadapt_adamw(), True),
     "dog": (lambda lr: gradtx.dog(), True),
@@ -92,7 +104,9 @@ def _run(tx: Any, grad_fn: Callable, loss_fn: Callable, p0: Any, steps: int) -> 
     def body(carry, i):
         p, state = carry
         g = grad_fn(p, i)
-        u, state = tx.update(g, state, p)
+        # the extra arguments some optimizers declare (Polyak: value; Sophia: obj_fn;
+        # L-BFGS's line search: value_fn); the others ignore them
+        u, state = tx.update(g, state, p, value=loss_fn(p), obj_fn=loss_fn, value_fn=loss_fn)
         p = gradtx.apply_updates(p, u)
         return (p, state), loss_fn(p)
 
