@@ -9,6 +9,7 @@ optax's own) pass the required tier by default.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from typing import Any, NamedTuple
 
@@ -705,3 +706,25 @@ def test_float64_is_scoped():
     check_transformation(gradtx.sgd(0.1), checks=["dtypes"], dtypes=["float64"])
     assert not jax.config.jax_enable_x64
     assert jnp.zeros(1).dtype == jnp.float32
+
+
+@dataclasses.dataclass
+class _Unhashable:
+    """A third-party transformation that is not hashable (a non-frozen dataclass)."""
+
+    lr: float = 0.1
+
+    def init(self, params):
+        return ()
+
+    def update(self, updates, state, params=None, **extra):
+        return jax.tree_util.tree_map(lambda g: -self.lr * g, updates), state
+
+
+def test_jitted_checks_accept_an_unhashable_transformation():
+    # the jitted structure and dtype runs close over the transformation instead of hashing it
+    # as a static argument
+    with pytest.raises(TypeError):
+        hash(_Unhashable())
+    report = check_transformation(_Unhashable(), checks=["dtypes", "structure"])
+    assert {"structure", "dtypes.float32", "dtypes.float64"} <= set(report.passed)

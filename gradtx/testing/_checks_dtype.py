@@ -17,6 +17,7 @@ from ._common import (
     describe_difference,
     enable_x64,
     guard,
+    jitted,
     make_grads,
     new_report,
     standard_promotion,
@@ -154,7 +155,7 @@ def check_dtypes(
         check = f"dtypes.{dt.name}"
         # 16-bit params run eagerly: jitted, XLA may keep their intermediates in float32
         # (excess precision) and hide an overflow; wider ones jitted (one compilation).
-        run = step if dt.itemsize < 4 else jax.jit(step, static_argnums=0)
+        run = step if dt.itemsize < 4 else jitted(step, tx)
         with _x64(dt):
             p = cast_params(params, dt)
             g = make_grads(p)

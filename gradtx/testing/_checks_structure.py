@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -15,6 +14,7 @@ from ._common import (
     describe_difference,
     error_names,
     guard,
+    jitted,
     make_grads,
     names_in,
     new_report,
@@ -116,7 +116,7 @@ def check_structure(
     """
     report = new_report(tx, report, name, strict)
     step = stepper(tx, dict(extra_args or {}))
-    jstep = jax.jit(step, static_argnums=0)  # one compilation per tree, not one per operation
+    jstep = jitted(step, tx)  # one compilation per tree, not one per operation
     leaves = [x for _, x in flatten(params)[0] if x is not None]
     trees = [] if params is None else [("the given params", params)]
     if zoo:

@@ -300,3 +300,10 @@ def stepper(tx: Any, extra: Mapping[str, Any]) -> Callable[..., Any]:
         return tx.update(grads, state, params, **extra)
 
     return step
+
+
+def jitted(step: Callable[..., Any], tx: Any) -> Callable[..., Any]:
+    """``step`` (as :func:`stepper` makes it) jitted with ``tx`` a closed-over constant, so a
+    transformation need not be hashable; called as ``step`` is, ``tx`` ignored."""
+    run = jax.jit(lambda g, s, p: step(tx, g, s, p))
+    return lambda _tx, g, s, p: run(g, s, p)
