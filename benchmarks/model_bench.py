@@ -25,7 +25,7 @@ per implementation:
 Timing follows ``ab_bench.py`` (docs/benchmarks.md): programs compiled first (for
 ``transformer`` and ``resnet``, or all with ``--mirror-all``: a throwaway copy of the
 reference, then each program twice in mirrored order, their geometric mean used; the others
-once each, optax first, because their packed programs compile for a minute), then
+once each, optax first, as when their packed programs compiled for a minute), then
 interleaved rounds in which each program runs one loop of >= 50 ms, order rotated each round,
 two halves with inputs allocated in opposite orders; each time is divided by optax's time in
 the same round. ``many`` (5,000 leaves) is for compile time: on a 2-core CPU
@@ -129,9 +129,9 @@ def train_case(
 
 PROBES = ("sgd per-leaf", "sgd packed")
 #: Models whose programs are compiled twice in mirrored order (``--mirror-all``: every model).
-#: The others' packed programs take a minute each to compile on a 2-core CPU (one XLA kernel
-#: per view, see docs/benchmarks.md), so they are compiled once, in the order optax, gradtx
-#: per-leaf, gradtx packed, probes: the compile-order effect, if any, favours optax.
+#: The others are compiled once, in the order optax, gradtx per-leaf, gradtx packed, probes
+#: (the compile-order effect, if any, favours optax): their packed programs took a minute each
+#: before the packed views shared kernels (docs/benchmarks.md), and the rows stay comparable.
 MIRRORED = ("transformer", "resnet")
 
 

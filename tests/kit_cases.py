@@ -151,6 +151,12 @@ FACTORIES: dict[str, list[tuple[str, Callable[[], Any]]] | None] = {
             "multi_steps",
             lambda: gradtx.MultiSteps(gradtx.adam(1e-3), 2, accumulator_dtype=None),
         ),
+        (
+            "multi_steps_in_place",
+            lambda: gradtx.MultiSteps(
+                gradtx.adam(SCHEDULE), 2, accumulator_dtype=None, in_place=True
+            ),
+        ),
     ],
     "apply_if_finite": [
         ("apply_if_finite", lambda: gradtx.apply_if_finite(gradtx.adam(1e-3), 2)),

@@ -2,21 +2,28 @@
 
 The contract: nothing is masked. A non-finite gradient element propagates into the update and
 into the state of its own leaf -- at that element for element-wise rules, over the whole leaf
-for rules that reduce over a leaf (trust ratios, Adafactor's RMS clipping) and over every leaf
-for global reductions (``clip_by_global_norm``). Every other leaf, and the step count, stay
-finite. Inf follows IEEE arithmetic through each rule, so some rules turn it into a finite
+for rules that reduce over a leaf (trust ratios, Adafactor's RMS clipping, Muon's and SOAP's
+matrix rules: see ``MATRIX``) and over every leaf for global reductions
+(``clip_by_global_norm``, L-BFGS's inner products and line search). Every other leaf, and the
+step count, stay finite, except where ``SPREAD`` lists the tree statistics and leaves a global
+rule reaches. Inf follows IEEE arithmetic through each rule, so some rules turn it into a finite
 value (the sign of Inf is 1); the tables below record each optimizer's outcome.
+
+The optimizers are ``helpers.named_optimizer_names()``: a new one fails here until it has its
+rows, and the lecture lab's own discovery must find the same set.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import inspect
-import typing
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import named_optimizer_names
 
 import gradtx
 from gradtx._core.tree import flatten, path_str
@@ -36,30 +43,22 @@ def _grads(bad: float, at: int | None = BAD_INDEX):
     return {"a": jnp.asarray(a), "m": jnp.full((3, 4), 0.1), "c": jnp.asarray(0.2)}
 
 
-def named_optimizers() -> list[str]:
-    """Public functions returning a :class:`gradtx.Optimizer`, but the ``optimizer`` builder."""
-    out = []
-    for name in dir(gradtx):
-        obj = getattr(gradtx, name)
-        if name.startswith("_") or not inspect.isfunction(obj) or name == "optimizer":
-            continue
-        if name.startswith("scale_by_"):  # optax's update-only forms of named optimizers
-            continue
-        if typing.get_type_hints(obj).get("return") is gradtx.Optimizer:
-            out.append(name)
-    return sorted(out)
-
-
 def _make(name: str) -> gradtx.Optimizer:
     fn = getattr(gradtx, name)
     lr = inspect.signature(fn).parameters.get("learning_rate")
     return fn() if lr is None or lr.default is not inspect.Parameter.empty else fn(1e-3)
 
 
-# Extra arguments of ``update`` an optimizer declares (``requires``).
+def _loss(params):
+    return sum(jnp.sum(x * x) for x in jax.tree.leaves(params))
+
+
+# Extra arguments of ``update`` an optimizer declares (``requires``), given the gradient.
 EXTRA = {
-    "polyak_sgd": {"value": 1.0},
-    "sophia": {"obj_fn": lambda p: sum(jnp.sum(x * x) for x in jax.tree.leaves(p))},
+    "polyak_sgd": lambda g: {"value": 1.0},
+    "sophia": lambda g: {"obj_fn": _loss},
+    # L-BFGS's line search: f(θ), the gradient (the one with the bad element) and f
+    "lbfgs": lambda g: {"value": _loss(PARAMS), "grad": g, "value_fn": _loss},
 }
 
 
@@ -80,6 +79,10 @@ NAN = {
     "dog": ("leaf", {"init_params": None}, True),  # global gradient norms (SPREAD)
     "dowg": ("leaf", {"init_params": None}, True),
     "fromage": ("leaf", None, False),  # ‖g‖ is NaN for the leaf; no state
+    # the line search's slope <g, d> is NaN, so is its step size: every leaf (SPREAD); the
+    # stored gradient brings the NaN into the next curvature pair
+    "lbfgs": ("leaf", {"params": None, "updates": "element", "grad": "element"}, True),
+    "muon": ("element", "element", True),  # "a" is a vector: AdamW's (matrices: MATRIX)
     "noisy_sgd": ("element", None, False),
     "novograd": ("leaf", "leaf", True),  # the per-leaf ν = EMA of ‖g‖²
     "optimistic_adam": ("element", "element", True),
@@ -95,6 +98,9 @@ NAN = {
     "rprop": ("element", {"step_sizes": None, "prev_updates": "element"}, False),
     "signum": ("element", "element", True),
     "sm3": ("element", "element", True),
+    # the first call only builds the preconditioners (update 0, moments untouched), and a
+    # vector has none: the bad first gradient of "a" is dropped (a matrix's is not: MATRIX)
+    "soap": (None, {"mu": None, "nu": None}, False),
     # the Hessian estimate reads the (finite) params, not the gradient
     "sophia": ("element", {"mu": "element", "nu": None}, True),
     "adabelief": ("element", "element", True),
@@ -131,6 +137,8 @@ INF = {
     "dog": ("element", {"init_params": None}, False),  # ∑‖g‖² = ∞: every step size is 0
     "dowg": ("element", {"init_params": None}, False),
     "fromage": ("element", None, False),  # ‖g‖ = ∞: g/‖g‖ is 0 but at the element (∞/∞)
+    "lbfgs": ("leaf", {"params": None, "updates": "element", "grad": "element"}, True),  # as NaN
+    "muon": ("element", "element", True),
     "noisy_sgd": ("element", None, False),
     "novograd": ("element", "element", True),
     "optimistic_adam": ("element", "element", True),
@@ -147,6 +155,7 @@ INF = {
     "rprop": (None, {"step_sizes": None, "prev_updates": None}, False),
     "signum": (None, "element", False),  # sign(m) with m = ∞ is finite
     "sm3": ("element", "element", True),
+    "soap": (None, {"mu": None, "nu": None}, False),
     "sophia": (None, {"mu": "element", "nu": None}, False),  # m/max(γh, ε) = ∞ is clipped to 1
     "adabelief": ("element", "element", True),
     "adadelta": ("element", "element", True),
@@ -169,11 +178,26 @@ INF = {
 }
 
 
+KNOBS_TABLE = Path(__file__).resolve().parents[1] / "examples" / "lecture_lab" / "knobs_table.py"
+
+
 def test_every_named_optimizer_has_a_defined_behaviour():
-    names = named_optimizers()
+    names = sorted(named_optimizer_names())
     assert names == sorted(NAN) == sorted(INF), (
         "add the new optimizer to NAN and INF here and to docs/nan_inf.md: "
-        f"{sorted(set(names) ^ set(NAN))}"
+        f"{sorted(set(names) ^ set(NAN) | set(names) ^ set(INF))}"
+    )
+
+
+def test_the_lecture_lab_finds_the_same_named_optimizers():
+    # The lab runs without tests/ on its path, so it keeps its own discovery (public functions
+    # returning an Optimizer); helpers' (the family modules' __all__) is the source of truth.
+    spec = importlib.util.spec_from_file_location("knobs_table_discovery", KNOBS_TABLE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    found, named = set(module.named_optimizers()), named_optimizer_names()
+    assert found == named, (
+        f"only the lab: {sorted(found - named)}, only helpers: {sorted(named - found)}"
     )
 
 
@@ -216,6 +240,19 @@ SPREAD = {
     ("dowg", "inf"): ({".scale_by_dowg.weighted_sq_norm_grads"}, True, True),
     ("novograd", "nan"): ({".knobs.nu['a']"}, True, True),  # ν is one scalar per leaf
     ("novograd", "inf"): ({".knobs.nu['a']"}, True, True),
+    # L-BFGS: one step size from the line search along the whole tree; the non-finite trial
+    # points leave its diagnostics non-finite, and the next curvature pair holds the bad element
+    **{
+        ("lbfgs", bad): (
+            {
+                ".scale_by_zoom_linesearch.info.decrease_error",
+                ".scale_by_zoom_linesearch.info.curvature_error",
+            },
+            False,
+            False,
+        )
+        for bad in ("nan", "inf")
+    },
     ("polyak_sgd", "nan"): (set(), False, True),  # one step size from ‖g‖ of the whole tree
     ("prodigy", "nan"): ({".prodigy.numerator_weighted"}, True, True),  # as D-Adaptation
     ("prodigy", "inf"): ({".prodigy.estim_lr", ".prodigy.numerator_weighted"}, False, False),
@@ -237,8 +274,9 @@ def test_non_finite_gradient(name, bad, table):
         (name, "nan" if np.isnan(bad) else "inf"), (set(), True, True)
     )
     tx = _make(name)
-    extra = EXTRA.get(name, {})
-    updates, state = tx.update(_grads(bad), tx.init(PARAMS), PARAMS, **extra)
+    extra = EXTRA.get(name, lambda g: {})
+    grads = _grads(bad)
+    updates, state = tx.update(grads, tx.init(PARAMS), PARAMS, **extra(grads))
 
     assert _extent(updates["a"]) == update_extent
     for leaf in ("m", "c"):  # other leaves are untouched, unless a tree statistic spreads it
@@ -251,7 +289,8 @@ def test_non_finite_gradient(name, bad, table):
         finite = np.isfinite(np.asarray(x, np.float64)).all()
         assert finite == (path not in spread_slots), path
 
-    updates2, _ = tx.update(_grads(0.0, at=None), state, PARAMS, **extra)
+    grads = _grads(0.0, at=None)
+    updates2, _ = tx.update(grads, state, PARAMS, **extra(grads))
     assert (not np.isfinite(np.asarray(updates2["a"])).all()) == persists
     for leaf in ("m", "c"):
         assert np.isfinite(np.asarray(updates2[leaf])).all() == others_next, leaf
@@ -314,6 +353,73 @@ def test_factored_adafactor_spreads_along_row_and_column():
     assert np.isnan(col).tolist() == [False, False, True, False]
     assert np.isnan(np.asarray(updates["m"])).all()
     assert np.isfinite(np.asarray(updates["a"])).all()
+
+
+# The matrix rules, with the bad element at M_BAD of the matrix leaf "m": Muon orthogonalises
+# its momentum (Newton-Schulz mixes every element of the matrix); SOAP's preconditioners
+# L = ∑ G Gᵀ and R = ∑ Gᵀ G take the element's row and column ("cross"), their eigenbases and
+# the moments rotated by them all of it ("leaf"). (name, finite calls before) -> (the first
+# update of "m", the extent in each state slot of "m"); every later update of "m" is
+# non-finite, and every other leaf, its state and the count stay finite.
+M_BAD = (1, 2)
+MATRIX = {
+    ("muon", 0): ("leaf", {".muon.mu": "element"}),
+    # the first call's update is 0, but the bases it takes are non-finite: so is every update
+    ("soap", 0): (
+        None,
+        {".soap.mu": None, ".soap.nu": None, ".soap.l": "cross", ".soap.r": "cross"}
+        | {".soap.q_l": "leaf", ".soap.q_r": "leaf"},
+    ),
+    ("soap", 1): (
+        "leaf",
+        {".soap.mu": "leaf", ".soap.nu": "leaf", ".soap.l": "cross", ".soap.r": "cross"}
+        | {".soap.q_l": None, ".soap.q_r": None},
+    ),
+}
+
+
+def _extent_in_m(slot: str, x) -> str | None:
+    bad = ~np.isfinite(np.asarray(x, np.float64))
+    if not bad.any() or bad.all():
+        return "leaf" if bad.any() else None
+    if bad.shape == PARAMS["m"].shape:
+        assert bad.sum() == 1 and bad[M_BAD], bad
+        return "element"
+    k = M_BAD[{"l": 0, "r": 1}[slot]]  # L is rows × rows, R columns × columns
+    cross = np.zeros_like(bad)
+    cross[k, :] = cross[:, k] = True
+    assert (bad == cross).all(), (slot, bad)
+    return "cross"
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf], ids=["nan", "inf"])
+@pytest.mark.parametrize("name, warm", sorted(MATRIX), ids=lambda x: str(x))
+def test_non_finite_gradient_in_a_matrix(name, warm, bad):
+    first, slots = MATRIX[name, warm]
+    tx = _make(name)
+    clean = _grads(0.0, at=None)
+    state = tx.init(PARAMS)
+    for _ in range(warm):
+        _, state = tx.update(clean, state, PARAMS)
+    grads = dict(clean, m=clean["m"].at[M_BAD].set(bad))
+    updates, state = tx.update(grads, state, PARAMS)
+    assert _extent(updates["m"]) == first
+    seen = {}
+    for path, x in flatten(state)[0]:
+        p = path_str(path)
+        if x is None:
+            continue
+        if p.endswith("['m']"):
+            slot = p.removesuffix("['m']")
+            seen[slot] = _extent_in_m(slot.rsplit(".", 1)[-1], x)
+        else:
+            assert np.isfinite(np.asarray(x, np.float64)).all(), p
+    assert seen == slots
+    for _ in range(2):
+        updates, state = tx.update(clean, state, PARAMS)
+        assert _extent(updates["m"]) == "leaf"
+        for leaf in ("a", "c"):
+            assert np.isfinite(np.asarray(updates[leaf])).all(), leaf
 
 
 def test_nan_under_jit_is_the_same():

@@ -224,17 +224,17 @@ def _step_jaxpr(tree, packed: bool):
     return jax.make_jaxpr(step)(tree, tx.init(tree))
 
 
-def test_unpack_is_one_split_per_buffer_and_the_step_grows_slower_than_per_leaf():
+def test_unpack_is_one_views_op_per_buffer_and_the_step_grows_slower_than_per_leaf():
     p = {"f32": _many(60), "bf16": [x.astype(jnp.bfloat16) for x in _many(30, 1)]}
     packed = gradtx.pack(p, threshold=None)
     assert len(packed.buffers) == 2
     text = str(jax.make_jaxpr(jax.jit(gradtx.unpack))(packed))
-    assert text.count(" split[") == 2
+    assert text.count(" packed_views[") == 2
     assert " slice[" not in text and "custom_vjp" not in text
-    # the whole packed training step: one split per buffer forward, its transpose (one
+    # the whole packed training step: one views op per buffer forward, its transpose (one
     # concatenate per buffer) backward; no per-leaf slices, no padding
     step = str(_step_jaxpr(packed, packed=True))
-    assert step.count(" split[") == 2 and step.count(" concatenate[") == 2
+    assert step.count(" packed_views[") == 2 and step.count(" concatenate[") == 2
     assert " slice[" not in step and " pad[" not in step
     # and its program (equations, sub-programs included) grows with the number of leaves no
     # faster than the per-leaf step's

@@ -11,7 +11,10 @@ import gradtx
 
 def named_optimizers() -> list[str]:
     """Every public function of gradtx that returns an :class:`gradtx.Optimizer` (or a subclass:
-    ``muon``, ``lbfgs``), the builder and optax's update-only ``scale_by_*`` forms aside."""
+    ``muon``, ``lbfgs``, ``soap``), the builder and optax's update-only ``scale_by_*`` forms aside.
+
+    The same set as the tests' ``helpers.named_optimizer_names`` (the family modules' ``__all__``),
+    which tests/test_nan_inf.py checks; the lab runs without tests/ on its path."""
     names = []
     for name in sorted(dir(gradtx)):
         obj = getattr(gradtx, name)

@@ -15,7 +15,16 @@ nothing but ``skip_state``. The state ``State(mini_step, gradient_step, inner_op
 acc_grads, skip_state)`` has optax's field names.
 
 Unlike optax's, ``inner.update`` runs only on the micro-steps that emit (``lax.cond``), not on
-every micro-step with the result discarded; the values are the same.
+every micro-step with the result discarded; the values are the same. Two static fast paths
+take no branch: without ``should_skip_update_fn`` no skip test is compiled, and with
+``every_k_schedule`` the int 1 every call emits, so (when each accumulator's dtype holds its
+gradient exactly: float32 for float32 or bfloat16 gradients) ``inner.update`` runs on the
+gradients themselves and the accumulator, the zeros of ``init``, is neither read nor
+written. ``MultiSteps(opt, 1)`` then compiles to ``opt``'s own step: its updates equal those
+of the general path (k given as a function returning 1) bit for bit except where a gradient
+element is −0.0 (the general path's ``0 + g`` makes it +0.0), and inside a step that also
+applies them the addition can fuse as it does for ``opt`` (the general path materializes the
+updates at the branch, which can round ``p + u`` differently, by an ulp).
 """
 
 from __future__ import annotations
@@ -32,6 +41,7 @@ from .._core.struct import static
 from .._core.transformation import GradientTransformation
 from .._core.tree import TransformError
 from .common import as_inner, check_args
+from .finite import apply_or_skip
 
 __all__ = ["MultiSteps"]
 
@@ -48,6 +58,16 @@ def _map(fn: Any, *trees: Any) -> Any:
 
 def _opt(fn: Any) -> Any:
     return lambda x, *rest: None if x is None else fn(x, *rest)
+
+
+def _holds(acc: Any, grad: Any) -> bool:
+    """Whether every value of dtype ``grad`` is one of dtype ``acc``."""
+    if acc == grad:
+        return True
+    if not (jnp.issubdtype(acc, jnp.floating) and jnp.issubdtype(grad, jnp.floating)):
+        return False
+    a, g = jnp.finfo(acc), jnp.finfo(grad)
+    return a.nmant >= g.nmant and a.maxexp >= g.maxexp and a.minexp <= g.minexp
 
 
 def _zeros(updates: Any, shapes: Any) -> Any:
@@ -73,6 +93,18 @@ class MultiSteps(GradientTransformation):
         happened (``optax.skip_not_finite`` and ``optax.skip_large_updates`` work).
       accumulator_dtype: the accumulator's dtype (float32, as optax); ``None``: the gradient's
         dtype widened to at least float32 (float64 for float64 parameters).
+      in_place: (gradtx's; keyword) run a gradtx ``opt`` on every micro-step on the
+        accumulated gradients and keep its state where each stage computes it (the new
+        value on the emitting micro-step, the old one else; updates zero), instead of a
+        ``lax.cond`` around it, as ``skip_nonfinite(..., in_place=True)`` does: no branch, so
+        donated state is updated in place and no update buffers are stored at a branch (on
+        XLA:CPU the ``lax.cond`` form compiles to ~2 params-sized temporaries per step). It
+        costs ``opt``'s work on every micro-step, so it pays for cheap elementwise
+        optimizers; values on the emitting micro-steps may differ from the ``lax.cond`` form
+        by fused multiply-add rounding; non-emitting micro-steps leave the state exactly as
+        it was. An ``opt`` that is not made of gradtx stages takes the ``lax.cond``. The
+        accumulator is then reset lazily: after an emitting micro-step ``acc_grads`` still
+        holds that step's mean, and the next micro-step starts from its gradient.
 
     Example:
       >>> import gradtx, jax.numpy as jnp
@@ -92,6 +124,7 @@ class MultiSteps(GradientTransformation):
     use_grad_mean: bool = static(True)
     should_skip_update_fn: Any = static(None)
     accumulator_dtype: Any = static(jnp.float32)
+    in_place: bool = static(False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "opt", as_inner(self.name, self.opt))
@@ -156,7 +189,11 @@ class MultiSteps(GradientTransformation):
                 f"gradtx.{self.name}: should_skip_update_fn must return a scalar bool array "
                 f"first, got {getattr(skip, 'dtype', type(skip).__name__)}{jnp.shape(skip)}"
             )
-        inner_state = state["inner_opt_state"]
+        inner_state, a0 = state["inner_opt_state"], state["acc_grads"]
+        # the k = 1 fast path (below) when each accumulator holds its gradient exactly (else a
+        # fused round trip through it could be skipped as excess precision)
+        wide = _map(_opt(lambda a, g: _holds(a.dtype, jnp.result_type(g))), a0, updates)
+        exact = all(jax.tree_util.tree_leaves(wide))
 
         def accumulate(a: jax.Array, g: jax.Array) -> jax.Array:
             g = g.astype(a.dtype)
@@ -173,19 +210,47 @@ class MultiSteps(GradientTransformation):
             return _zeros(updates, shapes), inner_state
 
         def do(_: Any) -> tuple[Any, State]:
-            acc = _map(_opt(accumulate), state["acc_grads"], updates)
+            if self.every_k_schedule == 1 and not callable(self.every_k_schedule) and exact:
+                cast = _map(
+                    _opt(lambda a, g: g.astype(a.dtype).astype(jnp.result_type(g))), a0, updates
+                )
+                out, new_inner = self.opt.update(cast, inner_state, params, **extra)
+                return out, state.replace(
+                    mini_step=increment(n) % k,
+                    gradient_step=increment(step),
+                    inner_opt_state=new_inner,
+                    skip_state=skip_state,
+                )
             last = n == k - 1
-            out, new_inner = jax.lax.cond(last, step_inner, hold, acc)
+            if self.in_place:
+                # reset lazily: the first micro-step of a cycle starts from g itself, so the
+                # stored accumulator is the value the inner update reads (one buffer, written
+                # in place), not a reset copy of it
+                def restart(a: jax.Array, g: jax.Array) -> jax.Array:
+                    return jnp.where(n == 0, g.astype(a.dtype), accumulate(a, g))
+
+                acc = _map(_opt(restart), a0, updates)
+                cast = _map(_opt(lambda a, g: a.astype(jnp.result_type(g))), acc, updates)
+                out, new_inner = apply_or_skip(
+                    self.opt, last, cast, inner_state, params, extra, in_place=True
+                )
+                kept = acc
+            else:
+                acc = _map(_opt(accumulate), a0, updates)
+                out, new_inner = jax.lax.cond(last, step_inner, hold, acc)
+                kept = _map(_opt(lambda a: jnp.where(last, jnp.zeros_like(a), a)), acc)
             return out, State(
                 mini_step=increment(n) % k,
                 gradient_step=jnp.where(last, increment(step), step),
                 inner_opt_state=new_inner,
-                acc_grads=_map(_opt(lambda a: jnp.where(last, jnp.zeros_like(a), a)), acc),
+                acc_grads=kept,
                 skip_state=skip_state,
             )
 
         def skipped(_: Any) -> tuple[Any, State]:
-            shapes = jax.eval_shape(step_inner, state["acc_grads"])[0]
+            shapes = jax.eval_shape(step_inner, a0)[0]
             return _zeros(updates, shapes), state.replace(skip_state=skip_state)
 
+        if self.should_skip_update_fn is None:  # statically never skips: no branch
+            return do(None)
         return jax.lax.cond(skip, skipped, do, None)

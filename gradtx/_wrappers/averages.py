@@ -24,6 +24,10 @@ with the weight ``w_n``
 - ``swa_params``: ``1/(n + 1)``, the equal-weight running mean (computed as
   ``θ̄ + (θ − θ̄)/(n + 1)``, torch's default ``avg_fn``).
 
+With ``start = 0`` and ``every = 1`` (the defaults, static) every update is an averaging step
+and, for float32 and float64 params, the average is computed without a branch (``lax.cond``
+otherwise), the same values.
+
 This is ``torch.optim.swa_utils.AveragedModel`` with ``update_parameters`` called after each
 averaging step (its first call copies). The state is ``State(count, n_averaged, ema,
 inner_state)`` (``swa`` for ``swa_params``); the average has the params' structure (``None``
@@ -114,6 +118,10 @@ class _Average(GradientTransformation):
         """The average after one more sample ``new`` (n ≥ 1), in ``avg``'s compute dtype."""
         raise NotImplementedError
 
+    def _every_update(self) -> bool:
+        """Whether every update is an averaging step (``start = 0, every = 1``; count ≥ 0)."""
+        return self.start == 0 and self.every == 1
+
     def update(
         self, updates: Any, state: Any, params: Any | None = None, **extra: Any
     ) -> tuple[Any, State]:
@@ -134,12 +142,23 @@ class _Average(GradientTransformation):
             mixed = self._mix(avg.astype(cd), p, n)
             return jnp.where(n == 0, p, mixed).astype(avg.dtype)
 
-        avg = jax.lax.cond(
-            jnp.logical_or(averaging, n == 0),
-            lambda a: _map(leaf, a, new),
-            lambda a: a,
-            state[self.entry],
+        # No branch when every update averages and no param is narrower than its compute
+        # dtype (fused into the mix, a bfloat16 θ's rounding could be skipped as excess
+        # precision; the branch's operand is rounded).
+        exact = all(
+            jnp.result_type(p) == compute_dtype(jnp.result_type(p))
+            for p in jax.tree_util.tree_leaves(new)
         )
+        if self._every_update() and exact:
+            averaging = jnp.array(True)
+            avg = _map(leaf, state[self.entry], new)
+        else:
+            avg = jax.lax.cond(
+                jnp.logical_or(averaging, n == 0),
+                lambda a: _map(leaf, a, new),
+                lambda a: a,
+                state[self.entry],
+            )
         return out, State(
             {
                 "count": increment(count),

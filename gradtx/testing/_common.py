@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
 from collections.abc import Callable, Iterator, Mapping
@@ -293,17 +294,51 @@ def traceable_tx(tx: Any) -> bool:
     return all(isinstance(x, (int, float, np.ndarray, np.generic, jax.Array)) for x in leaves)
 
 
+#: Steps and their jitted runners of the last few (transformation, extra arguments): the
+#: checks of one kit run share them, so a program two checks run on the same inputs (the
+#: dtypes check's float32 step and the structure check's default tree, say) compiles once.
+#: The keys are object ids; the values keep those objects alive, so an id is not reused
+#: while its entry exists.
+_STEPS: collections.OrderedDict = collections.OrderedDict()
+_CACHE_SIZE = 8
+
+
+def _remember(key: tuple, keep: tuple, make: Callable[[], Any]) -> Any:
+    hit = _STEPS.get(key)
+    if hit is not None:
+        _STEPS.move_to_end(key)
+        return hit[1]
+    value = make()
+    _STEPS[key] = (keep, value)
+    while len(_STEPS) > _CACHE_SIZE:
+        _STEPS.popitem(last=False)
+    return value
+
+
 def stepper(tx: Any, extra: Mapping[str, Any]) -> Callable[..., Any]:
-    """``step(tx, grads, state, params) -> (updates, state)`` with the extra arguments bound."""
+    """``step(tx, grads, state, params) -> (updates, state)`` with the extra arguments bound
+    (one function per transformation and extra arguments, shared by the checks)."""
+    extra = dict(extra)
 
-    def step(tx: Any, grads: Any, state: Any, params: Any) -> Any:
-        return tx.update(grads, state, params, **extra)
+    def make() -> Callable[..., Any]:
+        def step(tx: Any, grads: Any, state: Any, params: Any) -> Any:
+            return tx.update(grads, state, params, **extra)
 
-    return step
+        return step
+
+    items = tuple(sorted(extra.items(), key=lambda kv: kv[0]))
+    key = ("step", id(tx), tuple((k, id(v)) for k, v in items))
+    return _remember(key, (tx, items), make)
 
 
 def jitted(step: Callable[..., Any], tx: Any) -> Callable[..., Any]:
     """``step`` (as :func:`stepper` makes it) jitted with ``tx`` a closed-over constant, so a
-    transformation need not be hashable; called as ``step`` is, ``tx`` ignored."""
-    run = jax.jit(lambda g, s, p: step(tx, g, s, p))
-    return lambda _tx, g, s, p: run(g, s, p)
+    transformation need not be hashable; called as ``step`` is, ``tx`` ignored. One runner
+    per (step, transformation): ``jax.jit``'s cache then serves every check that runs the
+    step on inputs of the same types."""
+
+    def make() -> Callable[..., Any]:
+        run = jax.jit(lambda g, s, p: step(tx, g, s, p))
+        return lambda _tx, g, s, p: run(g, s, p)
+
+    return _remember(("jit", id(step), id(tx)), (step, tx), make)
